@@ -1,0 +1,104 @@
+"""The one configuration object shared by every attention kind.
+
+Each kind reads the fields it needs and ignores the others, so a sweep can switch `kind` with a
+single override. `validate()` runs at construction and raises one `ValueError` naming the field,
+its value and what is allowed.
+"""
+
+import dataclasses
+
+KINDS = ("mha", "gqa", "mqa", "mla", "lowrank_gated", "head_gated")
+MLA_DECODE_MODES = ("naive", "latent", "absorbed")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum")
+LOWRANK_COMBINES = ("concat", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """Fields of `config.model.attention`; see DESIGN.md for the math of each kind."""
+
+  kind: str = "mha"  # one of KINDS.
+  num_heads: int = 4  # N, query heads.
+  num_kv_heads: int = 4  # K, key/value heads (gqa); mha forces K=N, mqa forces K=1.
+  head_dim: int = 32  # H for mha/gqa/mqa/lowrank_gated/head_gated.
+  rope_theta: float = 10_000.0  # RoPE base frequency.
+  implementation: str = "auto"  # sdpa backend: auto|xla|cudnn|einsum (auto: cudnn on GPU).
+  # MLA (DeepSeek-V2 section 2.1).
+  q_lora_rank: int = 0  # d_c', query compression rank; 0 = plain W_Q projection.
+  kv_lora_rank: int = 32  # d_c, joint KV compression rank (the cached latent).
+  qk_nope_head_dim: int = 32  # d_nope, per-head non-RoPE part of q and k.
+  qk_rope_head_dim: int = 16  # d_R, decoupled RoPE dim (one key shared by all heads).
+  v_head_dim: int = 32  # d_v, per-head value dim.
+  mla_decode_mode: str = "absorbed"  # naive|latent|absorbed: what the decode cache holds.
+  # lowrank_gated (seed 003).
+  lowrank_rank: int = 8  # r, per-head rank of K and V.
+  lowrank_combine: str = "concat"  # concat: gate-weight heads then concat; sum: seed's sum.
+  # head_gated (seed 004).
+  head_gated_top_k: int = 0  # heads kept per sequence; 0 = use head_gated_keep_fraction.
+  head_gated_keep_fraction: float = 0.5  # fraction of heads kept when top_k == 0.
+
+  def __post_init__(self):
+    validate(self)
+
+  @property
+  def kv_heads(self) -> int:
+    """K actually used by the kind (mha: N, mqa: 1)."""
+    return {"mha": self.num_heads, "mqa": 1}.get(self.kind, self.num_kv_heads)
+
+
+def _fail(field, value, allowed):
+  raise ValueError(f"model.attention.{field}={value!r} is invalid: {allowed}")
+
+
+def _positive(cfg, *fields):
+  for f in fields:
+    v = getattr(cfg, f)
+    if not isinstance(v, int) or v < 1:
+      _fail(f, v, "must be a positive integer")
+
+
+def validate(cfg: AttentionConfig) -> None:
+  """Raises ValueError on the first inconsistent field."""
+  if cfg.kind not in KINDS:
+    _fail("kind", cfg.kind, f"choose one of {', '.join(KINDS)}")
+  if cfg.implementation not in IMPLEMENTATIONS:
+    _fail("implementation", cfg.implementation, f"choose one of {', '.join(IMPLEMENTATIONS)}")
+  _positive(cfg, "num_heads", "num_kv_heads", "head_dim")
+  if cfg.kind == "gqa" and cfg.num_heads % cfg.num_kv_heads:
+    _fail("num_kv_heads", cfg.num_kv_heads,
+          f"must divide num_heads={cfg.num_heads}")
+  if cfg.head_dim % 2:
+    _fail("head_dim", cfg.head_dim, "RoPE needs an even head dim")
+  if cfg.rope_theta <= 0:
+    _fail("rope_theta", cfg.rope_theta, "must be > 0")
+  if cfg.kind == "mla":
+    _positive(cfg, "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    if cfg.q_lora_rank < 0:
+      _fail("q_lora_rank", cfg.q_lora_rank, "must be >= 0 (0 disables query compression)")
+    if cfg.qk_rope_head_dim % 2:
+      _fail("qk_rope_head_dim", cfg.qk_rope_head_dim, "RoPE needs an even dim")
+    if cfg.mla_decode_mode not in MLA_DECODE_MODES:
+      _fail("mla_decode_mode", cfg.mla_decode_mode,
+            f"choose one of {', '.join(MLA_DECODE_MODES)}")
+  if cfg.kind == "lowrank_gated":
+    _positive(cfg, "lowrank_rank")
+    if cfg.lowrank_combine not in LOWRANK_COMBINES:
+      _fail("lowrank_combine", cfg.lowrank_combine,
+            f"choose one of {', '.join(LOWRANK_COMBINES)}")
+  if cfg.kind == "head_gated":
+    if not 0 <= cfg.head_gated_top_k <= cfg.num_heads:
+      _fail("head_gated_top_k", cfg.head_gated_top_k,
+            f"must be in [0, num_heads={cfg.num_heads}]")
+    if not 0 < cfg.head_gated_keep_fraction <= 1:
+      _fail("head_gated_keep_fraction", cfg.head_gated_keep_fraction, "must be in (0, 1]")
+
+
+def check_width(cfg: AttentionConfig, d_model: int) -> None:
+  """Rank checks that need the model width."""
+  if cfg.kind == "mla":
+    if cfg.kv_lora_rank > d_model:
+      _fail("kv_lora_rank", cfg.kv_lora_rank, f"must be <= model.d_model={d_model}")
+    if cfg.q_lora_rank > d_model:
+      _fail("q_lora_rank", cfg.q_lora_rank, f"must be <= model.d_model={d_model}")
+  if cfg.kind == "lowrank_gated" and cfg.lowrank_rank > cfg.head_dim:
+    _fail("lowrank_rank", cfg.lowrank_rank, f"must be <= head_dim={cfg.head_dim}")

@@ -1,0 +1,55 @@
+"""Multi-head, grouped-query and multi-query attention (seed 001; Ainslie et al. 2023).
+
+One module: N query heads share K key/value heads in groups of G = N / K. `mha` is K = N,
+`mqa` is K = 1 (Shazeer 2019). The cache holds K and V: 2·K·H elements per token per layer.
+"""
+
+import functools
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from latent_attention.attention import cache
+from latent_attention.attention.config import AttentionConfig
+from latent_attention.attention.core import dot_product_attention, plan_masks
+from latent_attention.attention.rope import apply_rope
+
+
+class GroupedQueryAttention(nn.Module):
+  """Self- or cross-attention with N query heads over K kv heads."""
+
+  cfg: AttentionConfig
+  d_model: int
+  dtype: Any = jnp.float32
+
+  @staticmethod
+  def cache_elements_per_token(cfg: AttentionConfig) -> int:
+    return 2 * cfg.kv_heads * cfg.head_dim
+
+  @nn.compact
+  def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
+               causal=True, decode=False):
+    """See `latent_attention.attention` for the shared call signature."""
+    cfg = self.cfg
+    n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=self.dtype)
+    self_attn = kv_BSD is None
+    kv_BSD = x_BTD if self_attn else kv_BSD
+    q_BTNH = dense((n, h), name="query")(x_BTD)
+    k_BSKH = dense((k, h), name="key")(kv_BSD)
+    v_BSKH = dense((k, h), name="value")(kv_BSD)
+    kv_pos_BS, mask_BTS, is_causal = plan_masks(
+        self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
+        mask_BTS=mask_BTS)
+    if pos_BT is not None:
+      q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
+      k_BSKH = apply_rope(k_BSKH, kv_pos_BS, cfg.rope_theta)
+    if decode and (cached := cache.update(self, pos_BT, cached_key=k_BSKH,
+                                          cached_value=v_BSKH)):
+      buffers, mask_BTS = cached
+      k_BSKH, v_BSKH, is_causal = buffers["cached_key"], buffers["cached_value"], False
+    out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS=mask_BTS,
+                                     is_causal=is_causal, implementation=cfg.implementation)
+    return nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                           name="out")(out_BTNH)

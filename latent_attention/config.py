@@ -1,0 +1,29 @@
+"""Turning `ml_collections.ConfigDict` sections into the frozen dataclasses modules take."""
+
+import dataclasses
+from typing import Any, Mapping
+
+import ml_collections
+
+
+def to_dict(section: Any) -> dict:
+  if isinstance(section, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+    return section.to_dict()
+  return dict(section)
+
+
+def from_config(cls, section: Mapping, where: str, **nested):
+  """cls(**section) with a clear error for unknown fields; `nested` overrides sub-sections."""
+  values = to_dict(section)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ValueError(f"{where}.{unknown[0]} is not a field of {cls.__name__}; "
+                     f"valid fields: {', '.join(sorted(names))}")
+  values.update(nested)
+  return cls(**values)
+
+
+def default_section(cls) -> ml_collections.ConfigDict:
+  """A ConfigDict holding every field of `cls` at its default (for lock_config overrides)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(cls()))

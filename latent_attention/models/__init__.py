@@ -1,0 +1,34 @@
+"""Model construction from `config.model` (a ConfigDict)."""
+
+from flax import linen as nn
+
+from latent_attention import config as config_lib
+from latent_attention.attention import AttentionConfig
+from latent_attention.models.lm import LMConfig, TransformerLM
+
+_BUILDERS = {"lm": (LMConfig, TransformerLM)}
+
+
+def parse_config(model_config):
+  """config.model -> the model's frozen dataclass (validated)."""
+  name = config_lib.to_dict(model_config).get("name", "lm")
+  if name not in _BUILDERS:
+    raise ValueError(f"model.name={name!r} is invalid: choose one of {', '.join(_BUILDERS)}")
+  cfg_cls, _ = _BUILDERS[name]
+  nested = {}
+  if "attention" in model_config:
+    nested["attention"] = config_lib.from_config(
+        AttentionConfig, model_config["attention"], "model.attention")
+  return config_lib.from_config(cfg_cls, model_config, "model", **nested)
+
+
+def build_model(model_config) -> nn.Module:
+  """The Flax module described by `config.model` (ConfigDict, dict or parsed dataclass)."""
+  cfg = model_config if not hasattr(model_config, "keys") else parse_config(model_config)
+  for cfg_cls, module_cls in _BUILDERS.values():
+    if isinstance(cfg, cfg_cls):
+      return module_cls(cfg)
+  raise TypeError(f"cannot build a model from {type(model_config).__name__}")
+
+
+__all__ = ["build_model", "parse_config", "LMConfig", "TransformerLM"]

@@ -1,0 +1,103 @@
+"""Decoder-only Transformer language model (pre-norm, RMSNorm, RoPE), any attention kind."""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from latent_attention.attention import AttentionConfig, cache_elements_per_token, make_attention
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+  """Fields of `config.model` for `name='lm'`."""
+
+  name: str = "lm"  # model family; see models.build_model.
+  vocab_size: int = 65  # V.
+  d_model: int = 128  # D.
+  num_layers: int = 4  # Transformer blocks.
+  mlp_dim: int = 512  # F, hidden width of the GELU MLP.
+  tie_embeddings: bool = True  # output head = embedding matrix transposed.
+  dtype: str = "float32"  # compute dtype (float32|bfloat16|float16); params stay float32.
+  attention: AttentionConfig = AttentionConfig()
+
+  def __post_init__(self):
+    for f in ("vocab_size", "d_model", "num_layers", "mlp_dim"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or v < 1:
+        raise ValueError(f"model.{f}={v!r} is invalid: must be a positive integer")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"model.dtype={self.dtype!r} is invalid: choose one of "
+                       f"{', '.join(DTYPES)}")
+
+
+class Mlp(nn.Module):
+  mlp_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    h_BTF = nn.gelu(nn.Dense(self.mlp_dim, use_bias=False, dtype=self.dtype, name="up")(x_BTD))
+    return nn.Dense(x_BTD.shape[-1], use_bias=False, dtype=self.dtype, name="down")(h_BTF)
+
+
+class Block(nn.Module):
+  """x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
+
+  cfg: LMConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, pos_BT, mask_BTS, decode):
+    dtype = DTYPES[self.cfg.dtype]
+    attn = make_attention(self.cfg.attention, self.cfg.d_model, dtype, name="attn")
+    h_BTD = nn.RMSNorm(dtype=dtype, name="attn_norm")(x_BTD)
+    x_BTD = x_BTD + attn(h_BTD, pos_BT=pos_BT, mask_BTS=mask_BTS, decode=decode)
+    h_BTD = nn.RMSNorm(dtype=dtype, name="mlp_norm")(x_BTD)
+    return x_BTD + Mlp(self.cfg.mlp_dim, dtype, name="mlp")(h_BTD)
+
+
+class TransformerLM(nn.Module):
+  """tokens_BT -> logits_BTV, with a KV-cached decode path (Flax `cache` collection)."""
+
+  cfg: LMConfig
+
+  def cache_elements(self, seq_len: int, batch: int) -> int:
+    """Analytic decode-cache size in elements for `seq_len` tokens of `batch` rows."""
+    return (self.cfg.num_layers * cache_elements_per_token(self.cfg.attention)
+            * seq_len * batch)
+
+  @nn.compact
+  def __call__(self, tokens_BT, *, decode=False, padding_mask_BT=None):
+    """Full causal forward, or (decode=True) the next chunk after what the cache holds.
+
+    padding_mask_BT (True = real token) masks padded keys in the full forward pass; decoding
+    assumes unpadded rows that all sit at the same position.
+    """
+    cfg = self.cfg
+    dtype = DTYPES[cfg.dtype]
+    b, t = tokens_BT.shape
+    start = 0
+    if decode:
+      creating = not self.has_variable("cache", "index")
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      if not creating:
+        start = index.value
+        index.value = start + t
+    pos_BT = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask_BTS = None
+    if padding_mask_BT is not None and not decode:
+      mask_BTS = jnp.broadcast_to(padding_mask_BT[:, None, :], (b, t, t))
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name="embed",
+                     embedding_init=nn.initializers.normal(0.02))
+    x_BTD = embed(tokens_BT)
+    for i in range(cfg.num_layers):
+      x_BTD = Block(cfg, name=f"block_{i}")(x_BTD, pos_BT, mask_BTS, decode)
+    x_BTD = nn.RMSNorm(dtype=dtype, name="final_norm")(x_BTD)
+    if cfg.tie_embeddings:
+      logits_BTV = embed.attend(x_BTD)
+    else:
+      logits_BTV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, name="head")(x_BTD)
+    return logits_BTV.astype(jnp.float32)

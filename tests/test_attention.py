@@ -1,0 +1,120 @@
+"""Attention modules: causality by gradient, the core against a plain reference, bad configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from latent_attention.attention import AttentionConfig, make_attention
+from latent_attention.attention.core import dot_product_attention
+from latent_attention.attention.rope import apply_rope
+from latent_attention.config import from_config
+from latent_attention.models import build_model
+
+from conftest import LM_VARIANTS, tiny_lm_config, variant_id
+
+
+def _attention(cfg_section, d_model=32):
+  cfg = from_config(AttentionConfig, cfg_section, "model.attention")
+  return make_attention(cfg, d_model, jnp.float32)
+
+
+@pytest.mark.parametrize("variant", LM_VARIANTS, ids=variant_id)
+def test_causal_by_gradient(variant):
+  attn = _attention(tiny_lm_config(*variant[:1], **variant[1]).attention)
+  x_BTD = jax.random.normal(jax.random.key(0), (1, 7, 32))
+  pos_BT = jnp.arange(7)[None]
+  params = attn.init(jax.random.key(1), x_BTD, pos_BT=pos_BT)
+
+  def out_at(x_BTD, t):
+    return attn.apply(params, x_BTD, pos_BT=pos_BT)[0, t].sum()
+
+  for t in range(7):
+    grad_BTD = jax.grad(out_at)(x_BTD, t)
+    assert float(jnp.abs(grad_BTD[0, t + 1:]).max(initial=0)) == 0.0
+    assert float(jnp.abs(grad_BTD[0, : t + 1]).min()) > 0.0
+
+
+def _reference_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale):
+  """Per-head loops with K/V repeated: an independent plain implementation."""
+  n, k = q_BTNH.shape[2], k_BSKH.shape[2]
+  out = []
+  for i in range(n):
+    j = i // (n // k)
+    s_BTS = np.einsum("bth,bsh->bts", q_BTNH[:, :, i], k_BSKH[:, :, j]) * scale
+    s_BTS = np.where(mask_BTS, s_BTS, -np.inf)
+    p_BTS = np.exp(s_BTS - s_BTS.max(-1, keepdims=True))
+    p_BTS /= p_BTS.sum(-1, keepdims=True)
+    out.append(np.einsum("bts,bsh->bth", p_BTS, v_BSKH[:, :, j]))
+  return np.stack(out, axis=2)
+
+
+@pytest.mark.parametrize("implementation", ["xla", "einsum", "auto"])
+@pytest.mark.parametrize("num_kv,v_dim", [(4, 8), (2, 8), (1, 8), (1, 5)])
+def test_core_matches_reference(implementation, num_kv, v_dim):
+  if implementation == "xla" and v_dim != 8:
+    pytest.skip("jax.nn.dot_product_attention needs the value dim to equal the qk dim")
+  keys = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(keys[0], (2, 5, 4, 8))
+  k = jax.random.normal(keys[1], (2, 6, num_kv, 8))
+  v = jax.random.normal(keys[2], (2, 6, num_kv, v_dim))
+  mask = jax.random.bernoulli(keys[3], 0.7, (2, 5, 6)).at[:, :, 0].set(True)
+  for fn in (dot_product_attention, jax.jit(dot_product_attention,
+                                            static_argnames=("implementation", "scale"))):
+    out = fn(q, k, v, mask_BTS=mask, scale=0.3, implementation=implementation)
+    ref = _reference_attention(*map(np.asarray, (q, k, v, mask)), 0.3)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_core_causal_flag_equals_explicit_mask():
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 6, 2, 4)) for i in range(3))
+  tri = jnp.tril(jnp.ones((1, 6, 6), bool))
+  for impl in ("xla", "einsum"):
+    np.testing.assert_allclose(
+        dot_product_attention(q, k, v, is_causal=True, implementation=impl),
+        dot_product_attention(q, k, v, mask_BTS=tri, implementation=impl), atol=1e-6)
+
+
+def test_rope_is_relative():
+  q, k = (jax.random.normal(jax.random.key(i), (1, 1, 1, 8)) for i in range(2))
+  def score(pq, pk):
+    return float(jnp.sum(apply_rope(q, jnp.array([[pq]])) * apply_rope(k, jnp.array([[pk]]))))
+  assert score(7, 3) == pytest.approx(score(14, 10), rel=1e-5)
+  assert score(7, 3) != pytest.approx(score(7, 4), rel=1e-3)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"kind": "flash"}, "model.attention.kind='flash' is invalid: choose one of mha, gqa"),
+    ({"kind": "gqa", "num_heads": 6, "num_kv_heads": 4},
+     "model.attention.num_kv_heads=4 is invalid: must divide num_heads=6"),
+    ({"head_dim": 7}, "model.attention.head_dim=7 is invalid: RoPE needs an even head dim"),
+    ({"kind": "mla", "qk_rope_head_dim": 3}, "model.attention.qk_rope_head_dim=3 is invalid"),
+    ({"kind": "mla", "kv_lora_rank": 64},
+     "model.attention.kv_lora_rank=64 is invalid: must be <= model.d_model=32"),
+    ({"kind": "mla", "mla_decode_mode": "fast"},
+     "model.attention.mla_decode_mode='fast' is invalid: choose one of naive, latent, absorbed"),
+    ({"num_heads": 0}, "model.attention.num_heads=0 is invalid: must be a positive integer"),
+    ({"implementation": "flash"}, "model.attention.implementation='flash' is invalid"),
+])
+def test_bad_attention_config_errors(overrides, message):
+  cfg = tiny_lm_config()
+  cfg.attention.update(overrides)
+  with pytest.raises(ValueError) as err:
+    model = build_model(cfg)
+    model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  assert message in str(err.value)
+
+
+def test_bad_model_config_errors():
+  cfg = tiny_lm_config()
+  cfg.dtype = "float8"
+  with pytest.raises(ValueError, match="model.dtype='float8' is invalid: choose one of"):
+    build_model(cfg)
+  cfg = tiny_lm_config().to_dict()
+  cfg["attention"]["num_kv_head"] = 2
+  with pytest.raises(ValueError, match="model.attention.num_kv_head is not a field"):
+    build_model(cfg)
+  cfg = tiny_lm_config()
+  cfg.name = "rnn"
+  with pytest.raises(ValueError, match="model.name='rnn' is invalid: choose one of"):
+    build_model(cfg)

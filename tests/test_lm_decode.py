@@ -1,0 +1,113 @@
+"""Cached decoding equals the full forward pass; cache sizes equal the formula."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from latent_attention import kv_cache_bytes, kv_cache_formula_bytes
+from latent_attention.models import build_model
+from latent_attention.models.decoding import generate, init_cache
+
+from conftest import tiny_lm_config
+
+
+def _setup(cfg, b=2, t=10, seed=0):
+  model = build_model(cfg)
+  tokens_BT = jax.random.randint(jax.random.key(seed + 1), (b, t), 0, cfg.vocab_size)
+  params = model.init(jax.random.key(seed), tokens_BT)["params"]
+  return model, params, tokens_BT
+
+
+def _decode(model, params, tokens_BT, chunks, jit):
+  apply = jax.jit(model.apply, static_argnames=("decode", "mutable")) if jit else model.apply
+  cache = init_cache(model, tokens_BT.shape[0], tokens_BT.shape[1])
+  outs, start = [], 0
+  for size in chunks:
+    logits, mutated = apply({"params": params, "cache": cache},
+                            tokens_BT[:, start:start + size], decode=True, mutable=("cache",))
+    cache, start = mutated["cache"], start + size
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1), cache
+
+
+@pytest.mark.parametrize("chunks,jit", [((1,) * 10, False), ((4, 1, 1, 3, 1), True)],
+                         ids=["token_by_token", "prefill_then_steps_jit"])
+def test_decode_matches_full_forward(lm_variant, chunks, jit):
+  model, params, tokens_BT = _setup(lm_variant)
+  full_BTV = model.apply({"params": params}, tokens_BT)
+  decoded_BTV, _ = _decode(model, params, tokens_BT, chunks, jit)
+  scale = float(jnp.abs(full_BTV).max())
+  np.testing.assert_allclose(decoded_BTV, full_BTV, atol=1e-4 * scale, rtol=0)
+
+
+def test_cache_bytes_equal_formula(lm_variant):
+  for b, t in [(1, 5), (3, 8)]:
+    model, params, tokens_BT = _setup(lm_variant, b=b, t=t)
+    _, cache = _decode(model, params, tokens_BT, (t,), jit=False)
+    assert kv_cache_bytes(cache) == kv_cache_formula_bytes(lm_variant, t, b)
+  bf16 = tiny_lm_config(**lm_variant.attention.to_dict())
+  bf16.dtype = "bfloat16"
+  shapes = init_cache(build_model(bf16), 2, 7)
+  assert kv_cache_bytes(shapes) == kv_cache_formula_bytes(bf16, 7, 2, jnp.bfloat16)
+
+
+def test_mla_decode_modes_agree():
+  outs = {}
+  for mode in ("naive", "latent", "absorbed"):
+    cfg = tiny_lm_config("mla", mla_decode_mode=mode, q_lora_rank=16)
+    model, params, tokens_BT = _setup(cfg, t=9)
+    outs[mode], cache = _decode(model, params, tokens_BT, (3, 1, 4, 1), jit=True)
+  np.testing.assert_allclose(outs["absorbed"], outs["naive"], atol=2e-5, rtol=0)
+  np.testing.assert_allclose(outs["latent"], outs["naive"], atol=2e-5, rtol=0)
+
+
+def test_absorbed_cache_holds_only_latent_and_rope_key():
+  cfg = tiny_lm_config("mla", mla_decode_mode="absorbed")
+  cache = init_cache(build_model(cfg), 2, 9)
+  assert set(cache) == {"index", "block_0", "block_1"}
+  for i in range(2):
+    leaves = {k: v.shape for k, v in cache[f"block_{i}"]["attn"].items()}
+    assert leaves == {"cached_ckv": (2, 9, 12), "cached_k_rope": (2, 9, 4)}
+
+
+@pytest.mark.parametrize("layers,expected", [(27, 15_552), (60, 34_560)])
+def test_deepseek_v2_shaped_cache_per_token(layers, expected):
+  cfg = tiny_lm_config("mla", num_heads=16, kv_lora_rank=512, qk_nope_head_dim=128,
+                       qk_rope_head_dim=64, v_head_dim=128)
+  cfg.update(vocab_size=102_400, d_model=2048, num_layers=layers, mlp_dim=10_944)
+  b, t = 2, 16
+  shapes = jax.eval_shape(lambda: init_cache(build_model(cfg), b, t))
+  per_token = kv_cache_bytes(shapes) // (b * t * 4)
+  assert per_token == expected
+  assert kv_cache_formula_bytes(cfg, t, b) == expected * b * t * 4
+
+
+def test_gqa_with_all_heads_equals_mha_and_mqa_equals_gqa_one_head():
+  model_mha, params, tokens_BT = _setup(tiny_lm_config("mha"))
+  model_gqa = build_model(tiny_lm_config("gqa", num_kv_heads=4))
+  np.testing.assert_allclose(model_gqa.apply({"params": params}, tokens_BT),
+                             model_mha.apply({"params": params}, tokens_BT), atol=1e-6)
+  model_mqa, params, tokens_BT = _setup(tiny_lm_config("mqa"))
+  model_gqa1 = build_model(tiny_lm_config("gqa", num_kv_heads=1))
+  np.testing.assert_allclose(model_gqa1.apply({"params": params}, tokens_BT),
+                             model_mqa.apply({"params": params}, tokens_BT), atol=1e-6)
+
+
+def test_generate_greedy_matches_argmax_of_full_forward(lm_variant):
+  model, params, prompt_BT = _setup(lm_variant, t=4)
+  new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=5,
+                    temperature=0.0)
+  assert new_BN.shape == (2, 5)
+  seq_BT = jnp.concatenate([prompt_BT, new_BN], axis=1)
+  logits_BTV = model.apply({"params": params}, seq_BT)
+  np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 3:-1], -1), new_BN)
+
+
+def test_generate_top_k_samples_only_from_top_k():
+  model, params, prompt_BT = _setup(tiny_lm_config("mla"), t=3)
+  new_BN = generate(model, params, prompt_BT, jax.random.key(3), max_new_tokens=6,
+                    temperature=1.0, top_k=2)
+  logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], 1))
+  top2_BN2 = jax.lax.top_k(logits_BTV[:, 2:-1], 2)[1]
+  assert bool(jnp.all((top2_BN2 == new_BN[..., None]).any(-1)))
