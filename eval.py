@@ -1,0 +1,38 @@
+r"""Restores a checkpoint and its saved config from a workdir and evaluates it.
+
+  python eval.py --workdir=/tmp/lm_mla [--step=1000]
+
+Reports validation and test loss / perplexity / bits per char (accuracy for classifiers), the
+measured KV-cache bytes next to the formula, decode tokens/s and a sample; writes
+<workdir>/eval_results.json.
+"""
+
+import json
+
+from absl import app, flags, logging
+
+from latent_attention.training import checkpoint, metrics
+from latent_attention.training.evaluate import evaluate_workdir
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default: latest).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  metrics.quiet_library_logs()
+  try:
+    results = evaluate_workdir(_WORKDIR.value, _STEP.value)
+  except checkpoint.WorkdirError as e:
+    raise SystemExit(f"eval.py: {e}") from None
+  sample = results.pop("sample", None)
+  print(json.dumps(results, indent=2))
+  if sample:
+    print(sample)
+
+
+if __name__ == "__main__":
+  app.run(main)

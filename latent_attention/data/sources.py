@@ -1,0 +1,98 @@
+"""Grain random-access sources and the loader shared by every dataset.
+
+TFDS datasets are read with `tfds.data_source` (ArrayRecord, random access); no TensorFlow is
+imported on the input path. Training loaders shuffle with a seeded `grain.IndexSampler` sharded
+by JAX process, so the stream is deterministic and its position is checkpointed with the model.
+"""
+
+import os
+
+import grain.python as grain
+import jax
+import numpy as np
+
+
+class DatasetMissingError(FileNotFoundError):
+  """A TFDS dataset is not prepared in the data dir."""
+
+
+def tfds_source(name: str, split: str, data_dir=None):
+  """`tfds.data_source(name, split)` with a clear error when the dataset is not prepared."""
+  import tensorflow_datasets as tfds  # heavy import, only for TFDS-backed datasets.
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # TFDS raises assorted types for a missing dataset.
+    if "not found" not in str(e).lower() and "doesn't exist" not in str(e).lower():
+      raise
+    raise DatasetMissingError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir="
+        f"{data_dir or '~/tensorflow_datasets'}; prepare it with `python scripts/prepare_data.py "
+        f"--datasets={name}` (add --manual_dir=DIR offline) or set TFDS_DATA_DIR") from e
+
+
+class WindowSource(grain.RandomAccessDataSource):
+  """Record i = tokens[i * stride : i * stride + length] of a 1-D token array."""
+
+  def __init__(self, tokens: np.ndarray, length: int, stride: int = 1):
+    if tokens.size < length:
+      raise ValueError(f"text of {tokens.size} tokens is shorter than one window of {length}")
+    self._tokens, self._length, self._stride = tokens, length, stride
+    self._n = (tokens.size - length) // stride + 1
+
+  def __len__(self):
+    return self._n
+
+  def __repr__(self):
+    # Grain compares reprs to check a restored iterator belongs to this source.
+    return (f"WindowSource(tokens={self._tokens.size}, length={self._length}, "
+            f"stride={self._stride})")
+
+  def __getitem__(self, i):
+    start = int(i) * self._stride
+    return self._tokens[start:start + self._length]
+
+
+def train_loader(source, batch_size: int, seed: int, operations=(), worker_count: int = 0):
+  """Infinite shuffled loader yielding this process's share of each global batch."""
+  local_batch = per_process_batch(batch_size)
+  sampler = grain.IndexSampler(
+      num_records=len(source), shuffle=True, num_epochs=None, seed=seed,
+      shard_options=grain.ShardByJaxProcess(drop_remainder=True))
+  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
+                          operations=[*operations, grain.Batch(local_batch, drop_remainder=True)])
+
+
+def eval_batches(source, batch_size: int, operations=()):
+  """Every record of `source` exactly once, in order, in fixed-size padded batches.
+
+  Each process reads its own contiguous shard; all processes yield the same number of batches
+  (padded with weight-0 rows) so the sharded eval step stays in lockstep.
+  """
+  local_batch = per_process_batch(batch_size)
+  n, p, i = len(source), jax.process_count(), jax.process_index()
+  per_proc = -(-n // p)
+  indices = range(i * per_proc, min(n, (i + 1) * per_proc))
+  num_batches = -(-per_proc // local_batch)
+  for b in range(num_batches):
+    rows = [source[j] for j in indices[b * local_batch:(b + 1) * local_batch]]
+    for op in operations:
+      rows = [op.map(r) for r in rows]
+    yield pad_batch(rows, local_batch)
+
+
+def pad_batch(rows, size):
+  """Stacks dict rows into a batch of `size`, padding with copies whose weights are 0."""
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  missing = size - len(rows)
+  if missing:
+    batch = {k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)])
+             for k, v in batch.items()}
+  return batch
+
+
+def per_process_batch(batch_size: int) -> int:
+  if batch_size % jax.process_count():
+    raise ValueError(f"train.batch_size={batch_size} is invalid: must be divisible by the "
+                     f"process count {jax.process_count()}")
+  return batch_size // jax.process_count()

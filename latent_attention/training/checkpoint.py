@@ -1,0 +1,78 @@
+"""Orbax checkpoints: train state, Grain iterator state, config and dataset metadata together.
+
+Saves are asynchronous; a step directory appears only once complete (Orbax writes to a temporary
+directory and renames), so an interrupted save never corrupts the last good checkpoint.
+"""
+
+import json
+import os
+
+import grain.python as grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+ITEMS = ("state", "data", "config", "metadata")
+
+
+def manager(workdir: str, keep: int = 3, every: int = 0, read_only: bool = False):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, save_interval_steps=max(every, 1), create=not read_only,
+      read_only=read_only, enable_async_checkpointing=not read_only)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options, item_names=ITEMS)
+
+
+def save(mngr, step: int, state, data_iter, config, metadata: dict, force=False) -> bool:
+  return mngr.save(step, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.PyGrainCheckpointSave(data_iter),
+      config=ocp.args.JsonSave(config.to_dict()),
+      metadata=ocp.args.JsonSave(metadata)))
+
+
+def restore(mngr, step: int, abstract_state, data_iter=None):
+  """The state at `step` (sharded like `abstract_state`), restoring `data_iter` in place."""
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    items["data"] = grain.PyGrainCheckpointRestore(data_iter)
+  return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def read_json(mngr, step: int) -> tuple[dict, dict]:
+  """The (config dict, dataset metadata) saved at `step`."""
+  out = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                   metadata=ocp.args.JsonRestore()))
+  return out["config"], out["metadata"]
+
+
+class WorkdirError(ValueError):
+  """The workdir has no usable checkpoint."""
+
+
+def checked_step(workdir: str, mngr, step: int | None) -> int:
+  """`step`, or the latest, after checking that it exists: one clear error otherwise."""
+  if not epath.Path(workdir).exists():
+    raise WorkdirError(f"--workdir={workdir} does not exist")
+  steps = mngr.all_steps()
+  if not steps:
+    raise WorkdirError(f"--workdir={workdir} holds no checkpoint (expected "
+                       f"{os.path.join(workdir, 'checkpoints')}/<step>/); train first")
+  if step is None:
+    return max(steps)
+  if step not in steps:
+    raise WorkdirError(f"--step={step} is not saved in {workdir}; saved steps: "
+                       f"{', '.join(map(str, sorted(steps)))}")
+  return step
+
+
+def replicated_abstract(tree, sharding):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def dump_json(path: str, obj) -> None:
+  """Writes JSON atomically (temp file + rename), so a crash never leaves half a file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

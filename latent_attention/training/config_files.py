@@ -1,0 +1,25 @@
+"""Loading `configs/*.py:arg` files outside absl flags (sweeps, tests, eval)."""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` -> get_config(arg), as `config_flags.DEFINE_config_file` does."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+  """A saved config (JSON dict) back to a locked ConfigDict."""
+  config = ml_collections.ConfigDict(d)
+  config.lock()
+  return config

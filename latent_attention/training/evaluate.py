@@ -1,0 +1,87 @@
+"""`evaluate_workdir`: restore a checkpoint with its saved config and measure it (eval.py)."""
+
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from latent_attention import kv_cache_bytes, kv_cache_formula_bytes
+from latent_attention.models.decoding import generate, init_cache
+from latent_attention.training import checkpoint, config_files, loop
+
+
+def restore_experiment(workdir: str, step: int | None = None):
+  """(experiment, params, step) from `workdir`'s checkpoint `step` (default: the latest)."""
+  mngr = checkpoint.manager(workdir, read_only=True)
+  try:
+    step = checkpoint.checked_step(workdir, mngr, step)
+    try:
+      saved_config, metadata = checkpoint.read_json(mngr, step)
+    except Exception as e:
+      raise checkpoint.WorkdirError(
+          f"checkpoint {step} in {workdir} is unreadable or corrupt: {e}") from e
+    config = config_files.from_dict(saved_config)
+    exp = loop.setup(config, metadata)
+    abstract = checkpoint.replicated_abstract(
+        jax.eval_shape(exp.init_state, jax.random.key(0)), exp.replicated)
+    try:
+      state = checkpoint.restore(mngr, step, abstract)
+    except Exception as e:
+      raise checkpoint.WorkdirError(
+          f"checkpoint {step} in {workdir} is unreadable or corrupt: {e}") from e
+  finally:
+    mngr.close()
+  return exp, state.params, step
+
+
+def cache_report(exp, params, seq_len: int) -> dict:
+  """Measured decode-cache bytes after prefilling `seq_len` tokens, next to the formula."""
+  model = exp.model
+  prompt = jnp.zeros((1, seq_len), jnp.int32)
+  _, mutated = model.apply({"params": params, "cache": init_cache(model, 1, seq_len)}, prompt,
+                           decode=True, mutable=["cache"])
+  dtype = jax.tree.leaves(
+      [x for x in jax.tree.leaves(mutated["cache"]) if jnp.issubdtype(x.dtype, jnp.floating)]
+  )[0].dtype
+  measured = kv_cache_bytes(mutated["cache"])
+  formula = kv_cache_formula_bytes(exp.config.model, seq_len, 1, dtype)
+  return {"kv_cache_bytes_per_sequence": measured, "kv_cache_bytes_per_token": measured / seq_len,
+          "kv_cache_formula_bytes_per_sequence": formula,
+          "kv_cache_formula_bytes_per_token": formula / seq_len, "kv_cache_context": seq_len}
+
+
+def decode_speed(exp, params, prompt_len: int, new_tokens: int, repeats: int = 3) -> float:
+  """Tokens/s of jitted cached generation (batch 1, after a warm-up compile)."""
+  prompt = jnp.zeros((1, prompt_len), jnp.int32)
+  run = lambda: generate(exp.model, params, prompt, jax.random.key(0),
+                         max_new_tokens=new_tokens, temperature=1.0).block_until_ready()
+  run()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+  return new_tokens / statistics.median(times)
+
+
+def evaluate_workdir(workdir: str, step: int | None = None, splits=None) -> dict:
+  """Evaluates a checkpoint on its eval and test splits; writes eval_results.json."""
+  exp, params, step = restore_experiment(workdir, step)
+  cfg = exp.config
+  splits = splits or list(dict.fromkeys([cfg.data.eval_split, cfg.data.test_split]))
+  results = {"workdir": os.path.abspath(workdir), "step": step,
+             "attention": cfg.model.get("attention", {}).get("kind")}
+  for split in splits:
+    results[split] = loop.evaluate(exp, params, split)
+    logging.info("%s: %s", split, results[split])
+  if exp.dataset.task == "lm" and hasattr(exp.model, "cache_elements"):
+    results.update(cache_report(exp, params, cfg.data.seq_len))
+    results["decode_tokens_per_s"] = decode_speed(exp, params, cfg.data.seq_len // 2,
+                                                  cfg.data.seq_len // 2)
+    results["sample"] = loop.sample_text(exp, params, cfg.seed)
+  if jax.process_index() == 0:
+    checkpoint.dump_json(os.path.join(workdir, "eval_results.json"), results)
+  return results

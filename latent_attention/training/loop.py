@@ -1,0 +1,238 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind train.py and the sweeps.
+
+Data parallel over a 1-D `jax.sharding.Mesh` ('data'): the batch is sharded, params and
+optimizer state are replicated, so the same code runs on one CPU, several GPUs or a TPU slice
+(multi-host: each process feeds its share of the global batch).
+"""
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from latent_attention.data import CharLM, make_dataset
+from latent_attention.models import build_model
+from latent_attention.models.decoding import generate
+from latent_attention.training import checkpoint, metrics as metrics_lib, state as state_lib, steps
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config: dataset, model, optimizer, mesh and jitted steps."""
+
+  config: Any
+  dataset: Any
+  model: Any
+  optimizer: Any
+  mesh: jax.sharding.Mesh
+  data_sharding: NamedSharding
+  replicated: NamedSharding
+  init_state: Callable
+  train_step: Callable
+  eval_step: Callable
+
+  def to_global(self, local_batch):
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), local_batch)
+
+  @property
+  def bits_name(self):
+    return "bits_per_char" if isinstance(self.dataset, CharLM) else "bits_per_token"
+
+
+def setup(config, metadata: dict | None = None) -> Experiment:
+  """Builds the experiment; `metadata` (e.g. a saved vocabulary) comes from a checkpoint."""
+  dataset = make_dataset(config.data, metadata)
+  vocab = getattr(dataset, "vocab", None)
+  if vocab is not None and vocab.size != config.model.vocab_size:
+    raise ValueError(f"model.vocab_size={config.model.vocab_size} is invalid: the "
+                     f"{config.data.name} vocabulary has {vocab.size} symbols")
+  n_dev = jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    if getattr(config.train, field) % n_dev:
+      raise ValueError(f"train.{field}={getattr(config.train, field)} is invalid: must be "
+                       f"divisible by the {n_dev} devices")
+  model = build_model(config.model)
+  optimizer = state_lib.make_optimizer(config.train)
+  mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  example = jnp.zeros((1, *dataset.input_shape()), dataset.input_dtype)
+  init_state = jax.jit(functools.partial(state_lib.create_state, model=model,
+                                         optimizer=optimizer, example_inputs=example),
+                       out_shardings=replicated)
+  train_step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer),
+                       in_shardings=(replicated, data_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(functools.partial(steps.eval_step, model=model),
+                      in_shardings=(replicated, data_sharding), out_shardings=replicated)
+  return Experiment(config, dataset, model, optimizer, mesh, data_sharding, replicated,
+                    init_state, train_step, eval_step)
+
+
+def evaluate(exp: Experiment, params, split: str) -> dict:
+  """Loss, accuracy, perplexity and bits per token over every example of `split`."""
+  totals = None
+  for batch in exp.dataset.eval_batches(split, exp.config.train.eval_batch_size):
+    s = exp.eval_step(params, exp.to_global(batch))
+    totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
+  return steps.summarize(jax.device_get(totals), exp.dataset.task, exp.bits_name)
+
+
+def sample_text(exp: Experiment, params, seed: int = 0) -> str | None:
+  """A text sample from the model on the cached decode path (char-level LMs only)."""
+  if not isinstance(exp.dataset, CharLM) or exp.config.eval.sample_len <= 0:
+    return None
+  ecfg = exp.config.eval
+  prompt = jnp.asarray(exp.dataset.vocab.encode(ecfg.prompt))[None]
+  new = generate(exp.model, params, prompt, jax.random.key(seed),
+                 max_new_tokens=ecfg.sample_len, temperature=ecfg.temperature, top_k=ecfg.top_k)
+  return ecfg.prompt + exp.dataset.vocab.decode(np.asarray(new[0]))
+
+
+class _StopFlag:
+  """SIGTERM/SIGINT request a checkpoint and a clean exit instead of killing the run."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _xla_flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+
+  Returns a dict with the final evaluation, or with `interrupted` set when a signal stopped
+  the run after saving a checkpoint.
+  """
+  tcfg = config.train
+  mngr = checkpoint.manager(workdir, tcfg.keep_checkpoints, tcfg.checkpoint_every)
+  latest = mngr.latest_step()
+  metadata = checkpoint.read_json(mngr, latest)[1] if latest is not None else None
+  exp = setup(config, metadata)
+  metadata = exp.dataset.metadata()
+  data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
+  state = exp.init_state(jax.random.key(config.seed))
+  if latest is not None:
+    abstract = checkpoint.replicated_abstract(state, exp.replicated)
+    state = checkpoint.restore(mngr, latest, abstract, data_iter)
+    logging.info("Resumed from %s at step %d", workdir, latest)
+  start = int(state.step)
+  writer = metrics_lib.MetricWriter(workdir)
+  batch = exp.to_global(next(data_iter)) if start < tcfg.num_steps else None
+  tokens_per_step = tcfg.batch_size * exp.dataset.tokens_per_example()
+  n_params = state_lib.param_count(state.params)
+  logging.info("Model %s/%s: %s parameters", config.model.name,
+               config.model.get("attention", {}).get("kind", "-"), f"{n_params:,}")
+  result = {"interrupted": None}
+  with _StopFlag() as stop, tqdm(total=tcfg.num_steps, initial=start, disable=None,
+                                 dynamic_ncols=True) as bar:
+    if batch is not None:
+      compiled = exp.train_step.lower(state, batch).compile()
+      flops = _xla_flops(compiled) / tokens_per_step
+      logging.info("XLA FLOPs per token of the train step: %.4g", flops)
+      writer.write(start, "model", {"params": n_params, "train_flops_per_token": flops})
+    window, t0 = [], time.perf_counter()
+    for step in range(start, tcfg.num_steps):
+      state, m = compiled(state, batch)
+      window.append(m)
+      done = step + 1
+      if done < tcfg.num_steps:
+        batch = exp.to_global(next(data_iter))
+      if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+        _check_finite(state, mngr)
+        logged = _log_train(writer, done, window, time.perf_counter() - t0, tokens_per_step,
+                            exp)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_s']:.0f}")
+        window, t0 = [], time.perf_counter()
+      bar.update(1)
+      if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.num_steps:
+        t_eval = time.perf_counter()
+        writer.write(done, "eval", evaluate(exp, state.params, config.data.eval_split))
+        t0 += time.perf_counter() - t_eval  # tokens/s counts training time only.
+      if stop.signal:
+        _check_finite(state, mngr)
+        checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
+        mngr.wait_until_finished()
+        logging.warning("%s received: saved step %d in %s; rerun to resume", stop.signal,
+                        done, workdir)
+        result["interrupted"] = stop.signal
+        break
+      if mngr.should_save(done) and done < tcfg.num_steps:
+        _check_finite(state, mngr)
+        checkpoint.save(mngr, done, state, data_iter, config, metadata)
+  if not result["interrupted"]:
+    result = _finish(exp, mngr, writer, state, data_iter, metadata, workdir)
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.close()
+  return result
+
+
+def _check_finite(state, mngr):
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    mngr.wait_until_finished()
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {bad}; stopped without saving it. Last good "
+        f"checkpoint: step {mngr.latest_step()}. Lower train.learning_rate or check the data")
+
+
+def _log_train(writer, step, window, seconds, tokens_per_step, exp):
+  m = jax.device_get(window)
+  loss = float(np.mean([x["loss"] for x in m]))
+  lr = float(state_lib.learning_rate_schedule(exp.config.train)(step))
+  acc = sum(float(x["correct"]) for x in m) / max(sum(float(x["count"]) for x in m), 1.0)
+  out = {"loss": loss, "accuracy": acc, "grad_norm": float(m[-1]["grad_norm"]),
+         "learning_rate": lr, "tokens_per_s": len(m) * tokens_per_step / max(seconds, 1e-9)}
+  writer.write(step, "train", out)
+  logging.info("step %d: loss %.4f, %.0f tokens/s", step, loss, out["tokens_per_s"])
+  return out
+
+
+def _finish(exp, mngr, writer, state, data_iter, metadata, workdir):
+  config = exp.config
+  step = int(state.step)
+  if mngr.latest_step() != step:
+    checkpoint.save(mngr, step, state, data_iter, config, metadata, force=True)
+  final = evaluate(exp, state.params, config.data.eval_split)
+  writer.write(step, "eval", final)
+  logging.info("step %d, %s: %s", step, config.data.eval_split,
+               ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+  result = {"step": step, "eval_split": config.data.eval_split, "eval": final,
+            "sample": sample_text(exp, state.params, config.seed)}
+  if jax.process_index() == 0:
+    checkpoint.dump_json(f"{workdir}/train_results.json", result)
+  if math.isnan(final["loss"]):
+    raise NonFiniteLossError(f"evaluation loss is NaN at step {step}")
+  return result

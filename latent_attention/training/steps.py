@@ -1,0 +1,61 @@
+"""The pure train and eval steps (jitted and sharded by the loop)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from latent_attention.training.state import TrainState
+
+
+def _align(logits, batch):
+  """Targets and weights for the positions the model scored (Perceiver AR: the last M)."""
+  targets, weights = batch["targets"], batch["weights"]
+  if logits.ndim == 3 and logits.shape[1] != targets.shape[1]:
+    targets, weights = targets[:, -logits.shape[1]:], weights[:, -logits.shape[1]:]
+  return targets, weights
+
+
+def sums(params, batch, model):
+  """Weighted sums of NLL and of correct argmax predictions, and the weight total."""
+  logits = model.apply({"params": params}, batch["inputs"])
+  targets, weights = _align(logits, batch)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return {"nll": jnp.sum(nll * weights), "correct": jnp.sum(correct * weights),
+          "count": jnp.sum(weights)}
+
+
+def train_step(state: TrainState, batch, *, model, optimizer):
+  """One AdamW step on the mean weighted NLL; a non-finite step is skipped and recorded."""
+
+  def loss_fn(params):
+    s = sums(params, batch, model)
+    return s["nll"] / jnp.maximum(s["count"], 1.0), s
+
+  (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
+                        state.nonfinite_step)
+  new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                         opt_state=keep(opt_state, state.opt_state), nonfinite_step=first_bad)
+  metrics = {"loss": loss, "grad_norm": grad_norm, **s}
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, model):
+  return sums(params, batch, model)
+
+
+def summarize(totals: dict, task: str, bits_name: str = "bits_per_token") -> dict:
+  """Loss, accuracy and (LM) perplexity and bits per token from summed eval metrics."""
+  count = max(float(totals["count"]), 1.0)
+  loss = float(totals["nll"]) / count
+  out = {"loss": loss, "accuracy": float(totals["correct"]) / count, "count": count}
+  if task == "lm":
+    out["perplexity"] = float(jnp.exp(loss))
+    out[bits_name] = loss / float(jnp.log(2.0))
+  return out
