@@ -27,7 +27,10 @@ def main(argv):
     jax.distributed.initialize()
   logging.set_verbosity(logging.INFO)
   metrics.quiet_library_logs()
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    raise SystemExit(f"train.py: {e}") from None
   if result.get("sample"):
     print(result["sample"])
 

@@ -20,15 +20,12 @@ def tfds_source(name: str, split: str, data_dir=None):
   """`tfds.data_source(name, split)` with a clear error when the dataset is not prepared."""
   import tensorflow_datasets as tfds  # heavy import, only for TFDS-backed datasets.
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-  try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:  # TFDS raises assorted types for a missing dataset.
-    if "not found" not in str(e).lower() and "doesn't exist" not in str(e).lower():
-      raise
+  if not tfds.builder(name, data_dir=data_dir).is_prepared():
     raise DatasetMissingError(
-        f"TFDS dataset {name!r} (split {split!r}) is not prepared in data_dir="
-        f"{data_dir or '~/tensorflow_datasets'}; prepare it with `python scripts/prepare_data.py "
-        f"--datasets={name}` (add --manual_dir=DIR offline) or set TFDS_DATA_DIR") from e
+        f"TFDS dataset {name!r} is not prepared in data_dir={data_dir or '~/tensorflow_datasets'}"
+        f"; prepare it with `python scripts/prepare_data.py --datasets={name}` (add "
+        f"--manual_dir=DIR offline) or point TFDS_DATA_DIR at a prepared copy")
+  return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
 
 class WindowSource(grain.RandomAccessDataSource):

@@ -16,9 +16,11 @@ ITEMS = ("state", "data", "config", "metadata")
 
 
 def manager(workdir: str, keep: int = 3, every: int = 0, read_only: bool = False):
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=max(every, 1), create=not read_only,
-      read_only=read_only, enable_async_checkpointing=not read_only)
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           save_interval_steps=0, max_to_keep=None)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1))
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options, item_names=ITEMS)
 

@@ -92,14 +92,26 @@ def evaluate(exp: Experiment, params, split: str) -> dict:
 
 
 def sample_text(exp: Experiment, params, seed: int = 0) -> str | None:
-  """A text sample from the model on the cached decode path (char-level LMs only)."""
+  """A text sample on the cached decode path (char-level LMs only).
+
+  The model never saw positions past data.seq_len, so a long sample is generated in windows:
+  whenever the context would overflow, decoding restarts from the last half window.
+  """
   if not isinstance(exp.dataset, CharLM) or exp.config.eval.sample_len <= 0:
     return None
-  ecfg = exp.config.eval
-  prompt = jnp.asarray(exp.dataset.vocab.encode(ecfg.prompt))[None]
-  new = generate(exp.model, params, prompt, jax.random.key(seed),
-                 max_new_tokens=ecfg.sample_len, temperature=ecfg.temperature, top_k=ecfg.top_k)
-  return ecfg.prompt + exp.dataset.vocab.decode(np.asarray(new[0]))
+  ecfg, t = exp.config.eval, exp.config.data.seq_len
+  tokens = list(exp.dataset.vocab.encode(ecfg.prompt)[-t // 2:])
+  rng = jax.random.key(seed)
+  new_tokens = []
+  while len(new_tokens) < ecfg.sample_len:
+    context = tokens[-(t // 2):] if len(tokens) >= t else tokens
+    n = min(ecfg.sample_len - len(new_tokens), t - len(context))
+    rng, step_rng = jax.random.split(rng)
+    out = generate(exp.model, params, jnp.asarray(context, jnp.int32)[None], step_rng,
+                   max_new_tokens=n, temperature=ecfg.temperature, top_k=ecfg.top_k)
+    tokens = context + [int(x) for x in np.asarray(out[0])]
+    new_tokens += [int(x) for x in np.asarray(out[0])]
+  return ecfg.prompt + exp.dataset.vocab.decode(new_tokens)
 
 
 class _StopFlag:
@@ -123,7 +135,7 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
-def _xla_flops(compiled) -> float:
+def xla_flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return float((analysis or {}).get("flops", float("nan")))
@@ -159,7 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                  dynamic_ncols=True) as bar:
     if batch is not None:
       compiled = exp.train_step.lower(state, batch).compile()
-      flops = _xla_flops(compiled) / tokens_per_step
+      flops = xla_flops(compiled) / tokens_per_step
       logging.info("XLA FLOPs per token of the train step: %.4g", flops)
       writer.write(start, "model", {"params": n_params, "train_flops_per_token": flops})
     window, t0 = [], time.perf_counter()

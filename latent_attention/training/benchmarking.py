@@ -1,0 +1,46 @@
+"""Train-step and decode timing (DESIGN.md: step time = median jitted step after warm-up)."""
+
+import statistics
+import time
+
+import jax
+
+from latent_attention.training import evaluate as evaluate_lib
+from latent_attention.training import loop
+
+
+def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0,
+              decode_tokens: int = 128) -> dict:
+  """Median train-step time, tokens/s, XLA FLOPs per token, MFU and decode tokens/s."""
+  exp = loop.setup(config)
+  data_iter = iter(exp.dataset.train_loader(config.train.batch_size, config.seed))
+  state = exp.init_state(jax.random.key(config.seed))
+  batch = exp.to_global(next(data_iter))
+  compiled = exp.train_step.lower(state, batch).compile()
+  tokens = config.train.batch_size * exp.dataset.tokens_per_example()
+  flops_per_token = loop.xla_flops(compiled) / tokens
+  for _ in range(warmup):
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, exp.to_global(next(data_iter)))
+  jax.block_until_ready(m)
+  pipeline_step = (time.perf_counter() - t0) / steps
+  step = statistics.median(times)
+  out = {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
+         "step_time_s": step, "pipeline_step_time_s": pipeline_step,
+         "tokens_per_s": tokens / step, "train_flops_per_token": flops_per_token,
+         "achieved_tflops": flops_per_token * tokens / step / 1e12}
+  if peak_tflops:
+    out["mfu"] = out["achieved_tflops"] / peak_tflops
+  if exp.dataset.task == "lm" and hasattr(exp.model, "cache_elements"):
+    out["decode_tokens_per_s"] = evaluate_lib.decode_speed(
+        exp, state.params, max(1, config.data.seq_len // 2), decode_tokens)
+  return out

@@ -1,0 +1,39 @@
+r"""Train-step and decode speed of a config (a benchmark, not a test).
+
+  python scripts/benchmark.py --config=configs/lm_shakespeare.py:nanogpt_cpu --peak_tflops=1.0
+
+Prints the median wall time of the jitted train step after warm-up (block_until_ready on
+every step), tokens/s, XLA-counted FLOPs per token and model FLOPs utilisation against
+--peak_tflops, the time per step of the whole input pipeline + step loop, and the decode
+tokens/s of cached generation. Writes the numbers as JSON with --output.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from latent_attention.training.benchmarking import benchmark
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after --warmup).")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (compilation included).")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 = skip MFU).")
+_DECODE = flags.DEFINE_integer("decode_tokens", 128, "Tokens generated for decode speed.")
+_OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+flags.mark_flag_as_required("config")
+
+
+def main(argv):
+  del argv
+  out = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _PEAK.value, _DECODE.value)
+  for k, v in out.items():
+    print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
