@@ -1,0 +1,62 @@
+r"""Multi-query associative recall (Zoology, arXiv 2312.04927), generated in memory.
+
+  python train.py --config=configs/lm_mqar.py:mla --workdir=/tmp/mqar_mla
+  python train.py --config=configs/lm_mqar.py:mha,runlocal --workdir=/tmp/mqar_local
+
+Arguments (comma-separated): an attention variant of lm_shakespeare.VARIANTS (default mha) and
+optional `runlocal`. The reported `accuracy` is recall accuracy: only query positions are scored.
+"""
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(__file__))
+import lm_shakespeare  # noqa: E402  (shares the model sizes and variants)
+
+
+def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
+  args = [a for a in (arg or "mha").split(",") if a]
+  unknown = [a for a in args if a not in (*lm_shakespeare.VARIANTS, "runlocal")]
+  if unknown:
+    raise ValueError(f"config argument {unknown[0]!r} is invalid: choose from "
+                     f"{', '.join(lm_shakespeare.VARIANTS)}, runlocal")
+  variant = next((a for a in args if a in lm_shakespeare.VARIANTS), "mha")
+  base = lm_shakespeare.get_config(variant)
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # params init and data order.
+  config.model = base.model  # 2-layer LM below; attention sizes as lm_shakespeare.
+  config.model.vocab_size = 8192  # Zoology's MQAR vocabulary.
+  config.model.num_layers = 2  # Zoology's figure-2 models are 2 layers deep.
+  config.model.d_model = 128  # D (Zoology sweeps 64..512).
+  config.model.mlp_dim = 256  # F.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "mqar"  # synthetic task: mqar or copy.
+  config.data.seq_len = 128  # T.
+  config.data.vocab_size = 8192  # keys from the lower half, values from the upper half.
+  config.data.num_kv_pairs = 8  # key-value pairs, each queried once later.
+  config.data.num_train_examples = 100_000  # size of the (deterministic) train set.
+  config.data.num_eval_examples = 1000  # size of the validation and test sets.
+  config.data.synthetic_seed = 0  # which examples are generated.
+  config.data.eval_split = "validation"  # periodic and final evaluation.
+  config.data.test_split = "test"  # also reported by eval.py.
+  config.data.worker_count = 0  # Grain worker processes.
+
+  config.train = base.train  # AdamW recipe of lm_shakespeare, with:
+  config.train.update(batch_size=64, num_steps=3000, learning_rate=1e-3,
+                      end_learning_rate=1e-4, warmup_steps=200, weight_decay=0.1,
+                      eval_every=500, eval_batch_size=250, checkpoint_every=1000)
+  config.eval = base.eval
+  config.eval.sample_len = 0  # no text to sample.
+
+  if "runlocal" in args:
+    config.model.update(d_model=32, mlp_dim=64, vocab_size=64)
+    config.model.attention.update(head_dim=8, kv_lora_rank=8, qk_nope_head_dim=8,
+                                  qk_rope_head_dim=4, v_head_dim=8, lowrank_rank=4)
+    config.data.update(seq_len=32, vocab_size=64, num_kv_pairs=4, num_eval_examples=100)
+    config.train.update(batch_size=16, num_steps=20, warmup_steps=2, log_every=5,
+                        eval_every=10, eval_batch_size=50, checkpoint_every=10)
+  return config
