@@ -19,6 +19,10 @@ LM_VARIANTS = [
     ("mla", {"mla_decode_mode": "latent"}),
     ("mla", {"mla_decode_mode": "absorbed"}),
     ("mla", {"mla_decode_mode": "absorbed", "q_lora_rank": 24}),
+    ("lowrank_gated", {}),
+    ("lowrank_gated", {"lowrank_combine": "sum"}),
+    ("head_gated", {"head_gated_top_k": 2}),
+    ("head_gated", {"head_gated_keep_fraction": 0.25}),
 ]
 
 

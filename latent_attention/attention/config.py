@@ -11,6 +11,7 @@ KINDS = ("mha", "gqa", "mqa", "mla", "lowrank_gated", "head_gated")
 MLA_DECODE_MODES = ("naive", "latent", "absorbed")
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum")
 LOWRANK_COMBINES = ("concat", "sum")
+HEAD_GATED_POOLS = ("first", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,9 @@ class AttentionConfig:
   # head_gated (seed 004).
   head_gated_top_k: int = 0  # heads kept per sequence; 0 = use head_gated_keep_fraction.
   head_gated_keep_fraction: float = 0.5  # fraction of heads kept when top_k == 0.
+  # What the head scorer reads. first: position 0, which every position sees (causal, and fixed
+  # while decoding); mean: all positions, which leaks the future (needs causal=False).
+  head_gated_pool: str = "first"
 
   def __post_init__(self):
     validate(self)
@@ -91,6 +95,9 @@ def validate(cfg: AttentionConfig) -> None:
             f"must be in [0, num_heads={cfg.num_heads}]")
     if not 0 < cfg.head_gated_keep_fraction <= 1:
       _fail("head_gated_keep_fraction", cfg.head_gated_keep_fraction, "must be in (0, 1]")
+    if cfg.head_gated_pool not in HEAD_GATED_POOLS:
+      _fail("head_gated_pool", cfg.head_gated_pool,
+            f"choose one of {', '.join(HEAD_GATED_POOLS)}")
 
 
 def check_width(cfg: AttentionConfig, d_model: int) -> None:
