@@ -5,8 +5,14 @@ from flax import linen as nn
 from latent_attention import config as config_lib
 from latent_attention.attention import AttentionConfig
 from latent_attention.models.lm import LMConfig, TransformerLM
+from latent_attention.models.perceiver import Perceiver, PerceiverConfig
+from latent_attention.models.perceiver_ar import PerceiverAR, PerceiverARConfig
 
-_BUILDERS = {"lm": (LMConfig, TransformerLM)}
+_BUILDERS = {
+    "lm": (LMConfig, TransformerLM),
+    "perceiver": (PerceiverConfig, Perceiver),
+    "perceiver_ar": (PerceiverARConfig, PerceiverAR),
+}
 
 
 def parse_config(model_config):
@@ -16,9 +22,10 @@ def parse_config(model_config):
     raise ValueError(f"model.name={name!r} is invalid: choose one of {', '.join(_BUILDERS)}")
   cfg_cls, _ = _BUILDERS[name]
   nested = {}
-  if "attention" in model_config:
-    nested["attention"] = config_lib.from_config(
-        AttentionConfig, model_config["attention"], "model.attention")
+  for section in ("attention", "cross_attention"):
+    if section in model_config:
+      nested[section] = config_lib.from_config(
+          AttentionConfig, model_config[section], f"model.{section}")
   return config_lib.from_config(cfg_cls, model_config, "model", **nested)
 
 
@@ -31,4 +38,5 @@ def build_model(model_config) -> nn.Module:
   raise TypeError(f"cannot build a model from {type(model_config).__name__}")
 
 
-__all__ = ["build_model", "parse_config", "LMConfig", "TransformerLM"]
+__all__ = ["build_model", "parse_config", "LMConfig", "TransformerLM", "PerceiverConfig",
+           "Perceiver", "PerceiverARConfig", "PerceiverAR"]

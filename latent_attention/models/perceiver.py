@@ -1,0 +1,197 @@
+"""Perceiver / Perceiver IO image classifier (seed 000; Jaegle et al. 2021, arXiv 2103.03206 and
+2107.14795).
+
+A learned latent array (M x D) cross-attends to the pixels (Q from the latents, K/V from the
+input), then runs `num_self_attends` latent self-attention blocks; every attention is followed by
+an MLP, with residuals and LayerNorm (pre-norm, or the seed's post-norm Add & Norm). The block
+repeats `num_blocks` times over the same input: as in the Perceiver paper the first repeat has its
+own weights and repeats 2..R share one set. Cost O(R·(S·M + M²)) for S = H·W pixels.
+
+Pixels enter with 2-D Fourier position features concatenated (not added), then one linear
+projection to D. A Perceiver IO decoder (one learned output query cross-attending to the latents)
+or the mean of the latents gives the logits. encoder='induced' replaces the latent encoder by
+`num_blocks` Set Transformer ISABs (seed 002), which keep one vector per pixel.
+
+Here images are [B, H, W, C] (H, W, C: image height, width, channels) and E is the input features
+per pixel (channels + position features); other letters as in `latent_attention`.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from latent_attention.attention import AttentionConfig
+from latent_attention.attention.induced import NORMS, AttentionBlock, InducedSetAttention
+from latent_attention.models.lm import DTYPES
+
+DECODERS = ("query", "mean")
+ENCODERS = ("latent", "induced")
+_init = nn.initializers.truncated_normal(0.02)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerceiverConfig:
+  """Fields of `config.model` for `name='perceiver'`."""
+
+  name: str = "perceiver"  # model family; see models.build_model.
+  num_classes: int = 10
+  d_model: int = 128  # D, width of the latents and of the projected input.
+  num_latents: int = 64  # M, latents (ISAB inducing points for encoder='induced').
+  num_blocks: int = 2  # R, repeats of cross-attend + self-attends (ISAB layers if 'induced').
+  num_self_attends: int = 2  # latent self-attention blocks per repeat.
+  mlp_dim: int = 256  # F, hidden width of every GELU MLP.
+  norm: str = "pre"  # pre: x + f(LN(x)); post: the seed's Add & Norm LN(x + f(x)).
+  fourier_bands: int = 8  # frequencies per image axis of the position features.
+  max_resolution: int = 28  # top frequency is max_resolution / 2 (the Nyquist rate).
+  decoder: str = "query"  # query: Perceiver IO output query; mean: mean-pool the latents.
+  encoder: str = "latent"  # latent: Perceiver; induced: ISAB stack (seed 002).
+  dtype: str = "float32"  # compute dtype (float32|bfloat16|float16); params stay float32.
+  # Latents <-> input and the decoder's query <-> latents; one head as in the Perceiver.
+  cross_attention: AttentionConfig = AttentionConfig(num_heads=1, num_kv_heads=1, head_dim=128)
+  # Latent self-attention (and both attentions of encoder='induced').
+  attention: AttentionConfig = AttentionConfig()
+
+  def __post_init__(self):
+    for f in ("num_classes", "d_model", "num_latents", "num_blocks", "mlp_dim",
+              "max_resolution"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or v < 1:
+        raise ValueError(f"model.{f}={v!r} is invalid: must be a positive integer")
+    for f in ("num_self_attends", "fourier_bands"):
+      v = getattr(self, f)
+      if not isinstance(v, int) or v < 0:
+        raise ValueError(f"model.{f}={v!r} is invalid: must be a non-negative integer")
+    for f, choices in (("norm", NORMS), ("decoder", DECODERS), ("encoder", ENCODERS),
+                       ("dtype", tuple(DTYPES))):
+      if getattr(self, f) not in choices:
+        raise ValueError(f"model.{f}={getattr(self, f)!r} is invalid: choose one of "
+                         f"{', '.join(choices)}")
+
+
+def fourier_features(height: int, width: int, num_bands: int, max_resolution: int):
+  """[H·W, 2·(2·num_bands + 1)] position features of the Perceiver (its appendix, Fourier).
+
+  Per axis: the coordinate in [-1, 1], then sin and cos of π·f·coordinate for `num_bands`
+  frequencies f spaced linearly from 1 to max_resolution / 2.
+  """
+  axes = (jnp.linspace(-1.0, 1.0, height), jnp.linspace(-1.0, 1.0, width))
+  coords_S2 = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 2)
+  freqs = jnp.linspace(1.0, max_resolution / 2, num_bands)
+  angles = (jnp.pi * coords_S2[:, :, None] * freqs).reshape(coords_S2.shape[0], -1)
+  return jnp.concatenate([coords_S2, jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def pixel_inputs(images_BHWC, num_bands, max_resolution, use_position_features=True):
+  """[B, H·W, E]: pixels (uint8 mapped to [-1, 1], floats as given) + position features.
+
+  use_position_features=False puts zeros in place of the features: the same parameters apply,
+  but the model no longer knows where a pixel is (it becomes permutation invariant).
+  """
+  b, height, width, channels = images_BHWC.shape
+  x_BSE = images_BHWC.reshape(b, height * width, channels).astype(jnp.float32)
+  if jnp.issubdtype(images_BHWC.dtype, jnp.integer):
+    x_BSE = x_BSE / 127.5 - 1.0
+  pos_SE = fourier_features(height, width, num_bands, max_resolution)
+  if not use_position_features:
+    pos_SE = jnp.zeros_like(pos_SE)
+  return jnp.concatenate([x_BSE, jnp.broadcast_to(pos_SE, (b, *pos_SE.shape))], axis=-1)
+
+
+class PerceiverBlock(nn.Module):
+  """Latents cross-attend to the input, then `num_self_attends` latent self-attention blocks."""
+
+  cfg: PerceiverConfig
+
+  @nn.compact
+  def __call__(self, z_BMD, x_BSD):
+    cfg = self.cfg
+    block = dict(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, norm=cfg.norm,
+                 dtype=DTYPES[cfg.dtype])
+    z_BMD = AttentionBlock(cfg.cross_attention, name="cross", **block)(z_BMD, x_BSD)
+    for i in range(cfg.num_self_attends):
+      z_BMD = AttentionBlock(cfg.attention, name=f"self_{i}", **block)(z_BMD)
+    return z_BMD
+
+
+class Perceiver(nn.Module):
+  """images [B, H, W, C] (uint8 or float) -> logits [B, num_classes]."""
+
+  cfg: PerceiverConfig
+
+  @nn.compact
+  def __call__(self, images_BHWC, use_position_features=True):
+    cfg = self.cfg
+    dtype = DTYPES[cfg.dtype]
+    b = images_BHWC.shape[0]
+    x_BSE = pixel_inputs(images_BHWC, cfg.fourier_bands, cfg.max_resolution,
+                         use_position_features)
+    x_BSD = nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, name="input_proj")(x_BSE)
+    if cfg.encoder == "latent":
+      latents_MD = self.param("latents", _init, (cfg.num_latents, cfg.d_model))
+      z_BMD = jnp.broadcast_to(latents_MD.astype(dtype), (b, *latents_MD.shape))
+      z_BMD = PerceiverBlock(cfg, name="block_0")(z_BMD, x_BSD)
+      if cfg.num_blocks > 1:
+        shared = PerceiverBlock(cfg, name="block_shared")  # One module called R-1 times.
+        for _ in range(cfg.num_blocks - 1):
+          z_BMD = shared(z_BMD, x_BSD)
+    else:
+      z_BMD = x_BSD  # ISAB keeps one vector per pixel: the decoder reads S vectors, not M.
+      for i in range(cfg.num_blocks):
+        z_BMD = InducedSetAttention(cfg.attention, cfg.d_model, cfg.num_latents, cfg.mlp_dim,
+                                    cfg.norm, dtype, name=f"isab_{i}")(z_BMD)
+    if cfg.decoder == "query":
+      query_1D = self.param("output_query", _init, (1, cfg.d_model))
+      query_B1D = jnp.broadcast_to(query_1D.astype(dtype), (b, 1, cfg.d_model))
+      out_BD = AttentionBlock(cfg.cross_attention, cfg.d_model, cfg.mlp_dim, cfg.norm, dtype,
+                              name="decoder")(query_B1D, z_BMD)[:, 0]
+    else:
+      out_BD = z_BMD.mean(axis=1)
+    if cfg.norm == "pre":  # Post-norm outputs are normalised already.
+      out_BD = nn.LayerNorm(dtype=dtype, name="final_norm")(out_BD)
+    logits = nn.Dense(cfg.num_classes, dtype=dtype, name="head")(out_BD)
+    return logits.astype(jnp.float32)
+
+
+def cross_attention_maps(model: Perceiver, params, images_BHWC, use_position_features=True):
+  """Softmax weights [B, heads, M, H·W] of the first cross-attention (latents over pixels).
+
+  For encoder='induced' the queries are the first ISAB's inducing points. The probabilities are
+  recomputed from the queries and keys that the attention module projects on its way (captured
+  with `nn.intercept_methods`), so the forward pass itself stays untouched.
+  """
+  cfg = model.cfg
+  if cfg.encoder == "latent":
+    prefix, attn_cfg = ("block_0", "cross", "attn"), cfg.cross_attention
+  else:
+    prefix, attn_cfg = ("isab_0", "induce", "attn"), cfg.attention
+  captured = {}
+
+  def capture(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and context.module.path[:-1] == prefix:
+      captured[context.module.path[-1]] = out
+    return out
+
+  with nn.intercept_methods(capture):
+    model.apply({"params": params}, images_BHWC, use_position_features=use_position_features)
+  if attn_cfg.kind == "mla":  # No RoPE here (pos_BT=None): keys are [W_UK c_KV ; k_R].
+    q_BTNH = captured["q_up" if attn_cfg.q_lora_rank else "query"]
+    w_uk_CNH = params[prefix[0]][prefix[1]][prefix[2]]["k_up"]
+    k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", captured["kv_norm"], w_uk_CNH)
+    k_rope_BSR = captured["k_rope"]
+    k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None],
+                                   (*k_nope_BSNH.shape[:3], k_rope_BSR.shape[-1]))
+    k_BSKH = jnp.concatenate([k_nope_BSNH, k_rope_BSNR], axis=-1)
+  elif attn_cfg.kind in ("mha", "gqa", "mqa"):
+    q_BTNH, k_BSKH = captured["query"], captured["key"]
+  else:
+    raise ValueError(f"cross_attention_maps supports mha, gqa, mqa and mla, not "
+                     f"{attn_cfg.kind!r}")
+  b, t, n, h = q_BTNH.shape
+  k = k_BSKH.shape[2]
+  q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
+  logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
+                            preferred_element_type=jnp.float32) * h ** -0.5
+  return jax.nn.softmax(logits_BKGTS, axis=-1).reshape(b, n, t, -1)

@@ -1,0 +1,209 @@
+"""Perceiver classifier: shapes, learning, weight sharing, permutation invariance, maps."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from latent_attention.config import default_section
+from latent_attention.models import PerceiverConfig, build_model
+from latent_attention.models.perceiver import cross_attention_maps
+from latent_attention.models.perceiver_plots import plot_attention_maps
+
+_SMALL_MLA = dict(kv_lora_rank=8, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)
+
+
+def tiny_config(cross=(), attention=(), **overrides):
+  """A width-16 Perceiver for 8x8 images, 4 classes; cross/attention: override items."""
+  cfg = default_section(PerceiverConfig)
+  cfg.update(num_classes=4, d_model=16, num_latents=4, num_blocks=2, num_self_attends=1,
+             mlp_dim=32, fourier_bands=3, max_resolution=8)
+  cfg.cross_attention.update(head_dim=16, **_SMALL_MLA)
+  cfg.attention.update(num_heads=2, num_kv_heads=2, head_dim=8, **_SMALL_MLA)
+  cfg.cross_attention.update(dict(cross))
+  cfg.attention.update(dict(attention))
+  cfg.update(overrides)
+  return cfg
+
+
+def _images(key, b=3):
+  return jax.random.randint(key, (b, 8, 8, 1), 0, 256).astype(jnp.uint8)
+
+
+def _numpy_init(model, *args):
+  """Parameters at model.init's shapes, drawn with numpy (LayerNorm at identity).
+
+  XLA-compiling the initialisers costs seconds per configuration on CPU; numpy costs nothing.
+  A std of prod(shape[:-1])^-1/2 never exceeds fan-in^-1/2 for Dense/DenseGeneral kernels.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    if path[-1].key in ("scale", "bias"):
+      return jnp.full(leaf.shape, float(path[-1].key == "scale"), leaf.dtype)
+    std = float(np.prod(leaf.shape[:-1])) ** -0.5
+    return jnp.asarray(rng.normal(0.0, std, leaf.shape), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@functools.lru_cache
+def _setup(cross=(), attention=(), **overrides):
+  """(model, params, images, jitted apply), shared by the tests of one configuration."""
+  model = build_model(tiny_config(cross, attention, **overrides))
+  images = _images(jax.random.key(1))
+  apply = jax.jit(model.apply, static_argnames="use_position_features")
+  return model, _numpy_init(model, images), images, apply
+
+
+@pytest.mark.parametrize("encoder,decoder,norm", [
+    ("latent", "query", "pre"), ("latent", "mean", "post"),
+    ("induced", "query", "post"), ("induced", "mean", "pre")])
+def test_logits_shape(encoder, decoder, norm):
+  _, params, images, apply = _setup(encoder=encoder, decoder=decoder, norm=norm)
+  logits = apply({"params": params}, images)
+  assert logits.shape == (3, 4) and bool(jnp.isfinite(logits).all())
+
+
+def test_uint8_pixels_are_mapped_to_plus_minus_one():
+  _, params, images, apply = _setup(encoder="latent", decoder="query", norm="pre")
+  as_float = images.astype(jnp.float32) / 127.5 - 1.0
+  np.testing.assert_allclose(apply({"params": params}, as_float),
+                             apply({"params": params}, images), atol=1e-5)
+
+
+def _num_params(cfg):
+  shapes = jax.eval_shape(build_model(cfg).init, jax.random.key(0), _images(jax.random.key(0)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def test_weights_shared_after_first_repeat():
+  counts = [_num_params(tiny_config(num_blocks=r)) for r in (1, 2, 4)]
+  assert counts[0] < counts[1] == counts[2]
+  params = jax.eval_shape(build_model(tiny_config(num_blocks=4)).init, jax.random.key(0),
+                          _images(jax.random.key(0)))["params"]
+  assert {"block_0", "block_shared"} <= set(params) and "block_1" not in params
+
+
+def test_permutation_invariant_without_position_features():
+  _, params, images, apply = _setup(encoder="latent", decoder="query", norm="pre")
+  perm = np.random.default_rng(0).permutation(64)
+  shuffled = images.reshape(3, 64, 1)[:, perm].reshape(images.shape)
+
+  def logits(x, use):
+    return apply({"params": params}, x, use_position_features=use)
+
+  np.testing.assert_allclose(logits(shuffled, False), logits(images, False), atol=1e-5)
+  assert float(jnp.abs(logits(shuffled, True) - logits(images, True)).max()) > 1e-4
+
+
+def _quadrant_task(key, b):
+  """Class c = the quadrant holding a bright 4x4 square, on noise: needs position features."""
+  k_label, k_noise = jax.random.split(key)
+  labels = jax.random.randint(k_label, (b,), 0, 4)
+  rows, cols = (labels // 2) * 4, (labels % 2) * 4
+  r_8, c_8 = jnp.arange(8), jnp.arange(8)
+  in_row = (r_8 >= rows[:, None]) & (r_8 < rows[:, None] + 4)
+  in_col = (c_8 >= cols[:, None]) & (c_8 < cols[:, None] + 4)
+  square = in_row[:, :, None] & in_col[:, None, :]
+  noise = jax.random.uniform(k_noise, (b, 8, 8), maxval=120.0)
+  return (noise + 120.0 * square).astype(jnp.uint8)[..., None], labels
+
+
+def test_learns_a_separable_task():
+  model, params, _, _ = _setup(encoder="latent", decoder="mean", norm="pre", num_blocks=1)
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    """One Adam step; also the accuracy on this fresh batch before training on it."""
+    images, labels = _quadrant_task(key, 32)
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, images)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, (logits.argmax(-1) == labels).mean()
+
+    (_, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, accuracy
+
+  opt_state, accuracies = tx.init(params), []
+  for key in jax.random.split(jax.random.key(1), 60):
+    params, opt_state, accuracy = step(params, opt_state, key)
+    accuracies.append(float(accuracy))
+  assert np.mean(accuracies[-10:]) > 0.6, accuracies  # Held-out batches; chance is 0.25.
+
+
+def _maps_and_cross_attention_call(model, params, images):
+  """The maps; the logits and the outputs of the first cross-attention and its submodules."""
+  captured = {}
+
+  def capture(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and context.module.path[:3] == ("block_0", "cross",
+                                                                         "attn"):
+      captured[context.module.path[3:]] = out
+    return out
+
+  with nn.intercept_methods(capture):
+    logits = model.apply({"params": params}, images)
+  return cross_attention_maps(model, params, images), logits, captured
+
+
+@pytest.mark.parametrize("cross,attention", [
+    ((("kind", "gqa"), ("num_heads", 2), ("num_kv_heads", 1)),
+     (("kind", "mla"), ("q_lora_rank", 8))),
+    ((("kind", "mla"),), (("kind", "gqa"), ("num_kv_heads", 1)))], ids=["gqa-mla", "mla-gqa"])
+def test_attention_kinds_and_maps(cross, attention):
+  """mla/gqa in cross and self attention; the maps reproduce the cross-attention's output."""
+  model, params, images, _ = _setup(cross, attention)
+  maps_BNMS, logits, captured = jax.jit(_maps_and_cross_attention_call, static_argnums=0)(
+      model, params, images)
+  assert bool(jnp.isfinite(logits).all())
+  n = model.cfg.cross_attention.num_heads
+  assert maps_BNMS.shape == (3, n, 4, 64)
+  np.testing.assert_allclose(maps_BNMS.sum(-1), 1.0, atol=1e-5)
+  p = params["block_0"]["cross"]["attn"]
+  if model.cfg.cross_attention.kind == "mla":
+    v_BSNH = jnp.einsum("BSC,CNH->BSNH", captured[("kv_norm",)], p["v_up"])
+  else:
+    v_BSNH = jnp.repeat(captured[("value",)], n, axis=2)
+  out_BMNH = jnp.einsum("BNMS,BSNH->BMNH", maps_BNMS, v_BSNH)
+  np.testing.assert_allclose(jnp.einsum("BMNH,NHD->BMD", out_BMNH, p["out"]["kernel"]),
+                             captured[()], atol=1e-5)
+
+
+def test_attention_map_png(tmp_path):
+  model, params, images, _ = _setup(encoder="induced", decoder="mean", norm="pre")
+  maps_BNMS = jax.jit(cross_attention_maps, static_argnums=0)(model, params, images)
+  assert maps_BNMS.shape == (3, 2, 4, 64)
+  path = tmp_path / "maps.png"
+  plot_attention_maps(images, maps_BNMS, path, num_latents=3, num_images=2)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"norm": "mid"}, "model.norm='mid' is invalid: choose one of pre, post"),
+    ({"decoder": "cls"}, "model.decoder='cls' is invalid: choose one of query, mean"),
+    ({"encoder": "conv"}, "model.encoder='conv' is invalid: choose one of latent, induced"),
+    ({"num_blocks": 0}, "model.num_blocks=0 is invalid: must be a positive integer"),
+    ({"fourier_bands": -1}, "model.fourier_bands=-1 is invalid: must be a non-negative"),
+])
+def test_bad_config_errors(overrides, message):
+  with pytest.raises(ValueError) as err:
+    build_model(tiny_config(**overrides))
+  assert message in str(err.value)
+
+
+def test_cross_attention_section_is_parsed():
+  assert build_model(tiny_config({"kind": "mla"})).cfg.cross_attention.kind == "mla"
+  cfg = tiny_config().to_dict()
+  cfg["cross_attention"]["num_head"] = 2
+  with pytest.raises(ValueError, match="model.cross_attention.num_head is not a field"):
+    build_model(cfg)
