@@ -4,7 +4,7 @@ r"""Restores a checkpoint and its saved config from a workdir and evaluates it.
 
 Reports validation and test loss / perplexity / bits per char (accuracy for classifiers), the
 measured KV-cache bytes next to the formula, decode tokens/s and a sample; writes
-<workdir>/eval_results.json.
+<workdir>/eval_results.json (and with --plot_attention, <workdir>/attention_maps.png).
 """
 
 import json
@@ -16,6 +16,9 @@ from latent_attention.training.evaluate import evaluate_workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default: latest).")
+_PLOT = flags.DEFINE_bool("plot_attention", False,
+                          "Perceiver classifiers: write <workdir>/attention_maps.png, the "
+                          "cross-attention maps of a few latents over test images.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -25,8 +28,8 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   metrics.quiet_library_logs()
   try:
-    results = evaluate_workdir(_WORKDIR.value, _STEP.value)
-  except checkpoint.WorkdirError as e:
+    results = evaluate_workdir(_WORKDIR.value, _STEP.value, plot_attention=_PLOT.value)
+  except (checkpoint.WorkdirError, ValueError) as e:
     raise SystemExit(f"eval.py: {e}") from None
   sample = results.pop("sample", None)
   print(json.dumps(results, indent=2))

@@ -5,9 +5,10 @@ r"""Character-level LM on TFDS tiny_shakespeare; the argument picks the attentio
       --config.train.num_steps=50
   python eval.py --workdir=/tmp/lm_mla
 
-Arguments (comma-separated): one variant of VARIANTS (default mla), or `nanogpt_cpu` (nanoGPT's
-CPU shakespeare_char recipe, MLA unless a variant is also given), plus optional `runlocal`
-(tiny, seconds on a CPU; what the tests use).
+Arguments (comma-separated): one variant of VARIANTS (default mla) or `perceiver_ar` (Perceiver AR:
+a 256-character window whose last 64 positions are latents, mha attention), or `nanogpt_cpu`
+(nanoGPT's CPU shakespeare_char recipe, MLA unless a variant is also given), plus optional
+`runlocal` (tiny, seconds on a CPU; what the tests use).
 """
 
 import ml_collections
@@ -15,6 +16,7 @@ import ml_collections
 from latent_attention.attention import AttentionConfig
 from latent_attention.config import default_section
 from latent_attention.models import LMConfig
+from latent_attention.models.perceiver_ar import PerceiverARConfig
 
 # attention kind -> overrides of config.model.attention. Every variant keeps D, layers and MLP
 # fixed, so differences come from attention alone.
@@ -51,11 +53,11 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
   args = [a for a in (arg or "mla").split(",") if a]
-  unknown = [a for a in args if a not in (*VARIANTS, "nanogpt_cpu", "runlocal")]
+  unknown = [a for a in args if a not in (*VARIANTS, "perceiver_ar", "nanogpt_cpu", "runlocal")]
   if unknown:
     raise ValueError(f"config argument {unknown[0]!r} is invalid: choose from "
-                     f"{', '.join(VARIANTS)}, nanogpt_cpu, runlocal")
-  variant = next((a for a in args if a in VARIANTS), "mla")
+                     f"{', '.join(VARIANTS)}, perceiver_ar, nanogpt_cpu, runlocal")
+  variant = next((a for a in args if a in VARIANTS), "mha" if "perceiver_ar" in args else "mla")
 
   config = ml_collections.ConfigDict()
   config.seed = 0  # params init and data order.
@@ -67,6 +69,7 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
   config.data.train_split = "train"  # vocabulary and training windows.
   config.data.eval_split = "validation"  # periodic and final evaluation.
   config.data.test_split = "test"  # also reported by eval.py.
+  config.data.eval_window_targets = 0  # scored targets per eval window (0 = T; Perceiver AR: M).
   config.data.data_dir = None  # TFDS data dir; None = $TFDS_DATA_DIR or ~/tensorflow_datasets.
   config.data.worker_count = 0  # Grain worker processes (0 = in the main process).
 
@@ -103,7 +106,17 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
                         end_learning_rate=1e-4, warmup_steps=100, decay_steps=2000, b2=0.99,
                         weight_decay=0.1, eval_every=250, eval_batch_size=96,
                         checkpoint_every=1000)
+  if "perceiver_ar" in args:
+    attention = config.model.attention
+    config.model = default_section(PerceiverARConfig)  # every field: see PerceiverARConfig.
+    config.model.update(vocab_size=65, d_model=128, num_layers=4, mlp_dim=512)
+    config.model.num_latents = 64  # M: latents = the last M positions of each window.
+    config.model.attention = attention  # mha unless a variant is given too.
+    config.data.seq_len = 256  # T: the prefix the latents cross-attend to.
+    config.data.eval_window_targets = config.model.num_latents  # the model scores M per window.
   if "runlocal" in args:
+    if "perceiver_ar" in args:
+      config.model.num_latents = config.data.eval_window_targets = 8
     config.model.update(num_layers=2, d_model=32, mlp_dim=64)
     config.model.attention.update(head_dim=8, kv_lora_rank=8, qk_nope_head_dim=8,
                                   qk_rope_head_dim=4, v_head_dim=8, lowrank_rank=4)

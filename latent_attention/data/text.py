@@ -82,24 +82,42 @@ class CharLM:
     return sources.train_loader(src, batch_size, seed, [ToExample()], self.cfg.worker_count)
 
   def eval_batches(self, split, batch_size):
-    return sources.eval_batches(EvalWindows(self._tokens(split), self.cfg.seq_len), batch_size)
+    return sources.eval_batches(
+        EvalWindows(self._tokens(split), self.cfg.seq_len, self.cfg.get("eval_window_targets", 0)),
+        batch_size)
 
 
 class EvalWindows(grain.RandomAccessDataSource):
-  """Non-overlapping windows covering every next-token target once; the tail is zero-weighted."""
+  """Windows of T inputs whose last `scored` targets tile the split, each scored exactly once.
 
-  def __init__(self, tokens: np.ndarray, seq_len: int):
-    self._tokens, self._t = tokens, seq_len
-    self._n = -(-(tokens.size - 1) // seq_len)
+  scored = T (0 means T) gives non-overlapping windows. A model that scores only its last M
+  positions (Perceiver AR) uses scored = M: windows then overlap by T - M, and the split is
+  left-padded with T - M zeros so its first targets are scored too (with a shorter context).
+  """
+
+  def __init__(self, tokens: np.ndarray, seq_len: int, scored: int = 0):
+    self._t, self._scored = seq_len, scored or seq_len
+    if not 0 < self._scored <= seq_len:
+      raise ValueError(f"data.eval_window_targets={scored} is invalid: must be in "
+                       f"[0, data.seq_len={seq_len}]")
+    self._tokens = np.concatenate([np.zeros(seq_len - self._scored, np.int32), tokens])
+    self._n = -(-(tokens.size - 1) // self._scored)
+    self._num_targets = tokens.size - 1
 
   def __len__(self):
     return self._n
 
+  def __repr__(self):
+    return f"EvalWindows(tokens={self._num_targets + 1}, t={self._t}, scored={self._scored})"
+
   def __getitem__(self, i):
-    t = self._t
-    chunk = self._tokens[i * t:i * t + t + 1]
+    t, scored = self._t, self._scored
+    chunk = self._tokens[i * scored:i * scored + t + 1]
     window = np.zeros(t + 1, np.int32)
     window[:chunk.size] = chunk
     ex = ToExample().map(window)
-    ex["weights"][chunk.size - 1:] = 0
+    first_target = i * scored  # index among the split's targets of this window's first score.
+    valid = min(scored, self._num_targets - first_target)
+    ex["weights"][:] = 0
+    ex["weights"][t - scored:t - scored + valid] = 1
     return ex

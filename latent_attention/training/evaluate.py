@@ -67,7 +67,20 @@ def decode_speed(exp, params, prompt_len: int, new_tokens: int, repeats: int = 3
   return new_tokens / statistics.median(times)
 
 
-def evaluate_workdir(workdir: str, step: int | None = None, splits=None) -> dict:
+def plot_cross_attention(exp, params, path: str, num_images: int = 4) -> str:
+  """PNG of the first cross-attention's maps of a few latents over test images (Perceiver)."""
+  from latent_attention.models import perceiver, perceiver_plots  # matplotlib only here.
+  if not isinstance(exp.model, perceiver.Perceiver) or exp.model.cfg.encoder != "latent":
+    raise ValueError("--plot_attention needs a Perceiver classifier with encoder='latent', got "
+                     f"model.name={exp.config.model.name!r}")
+  batch = next(iter(exp.dataset.eval_batches(exp.config.data.test_split, num_images)))
+  maps = perceiver.cross_attention_maps(exp.model, params, jnp.asarray(batch["inputs"]))
+  perceiver_plots.plot_attention_maps(batch["inputs"], maps, path, num_images=num_images)
+  return path
+
+
+def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
+                     plot_attention: bool = False) -> dict:
   """Evaluates a checkpoint on its eval and test splits; writes eval_results.json."""
   exp, params, step = restore_experiment(workdir, step)
   cfg = exp.config
@@ -82,6 +95,9 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None) -> dict
     results["decode_tokens_per_s"] = decode_speed(exp, params, cfg.data.seq_len // 2,
                                                   cfg.data.seq_len // 2)
     results["sample"] = loop.sample_text(exp, params, cfg.seed)
+  if plot_attention:
+    results["attention_plot"] = plot_cross_attention(
+        exp, params, os.path.join(workdir, "attention_maps.png"))
   if jax.process_index() == 0:
     checkpoint.dump_json(os.path.join(workdir, "eval_results.json"), results)
   return results
