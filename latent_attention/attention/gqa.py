@@ -10,7 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from latent_attention.attention import cache
+from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
 from latent_attention.attention.core import dot_product_attention, plan_masks
 from latent_attention.attention.rope import apply_rope
@@ -33,12 +33,12 @@ class GroupedQueryAttention(nn.Module):
     """See `latent_attention.attention` for the shared call signature."""
     cfg = self.cfg
     n, k, h = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=self.dtype)
+    dense = functools.partial(projection.dense, dtype=self.dtype)
     self_attn = kv_BSD is None
     kv_BSD = x_BTD if self_attn else kv_BSD
-    q_BTNH = dense((n, h), name="query")(x_BTD)
-    k_BSKH = dense((k, h), name="key")(kv_BSD)
-    v_BSKH = dense((k, h), name="value")(kv_BSD)
+    q_BTNH = dense(x_BTD, (n, h), name="query")
+    k_BSKH = dense(kv_BSD, (k, h), name="key")
+    v_BSKH = dense(kv_BSD, (k, h), name="value")
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
@@ -51,5 +51,4 @@ class GroupedQueryAttention(nn.Module):
       k_BSKH, v_BSKH, is_causal = buffers["cached_key"], buffers["cached_value"], False
     out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS=mask_BTS,
                                      is_causal=is_causal, implementation=cfg.implementation)
-    return nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                           name="out")(out_BTNH)
+    return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from latent_attention.attention import cache
+from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
 from latent_attention.attention.core import dot_product_attention, plan_masks
 from latent_attention.attention.rope import apply_rope
@@ -47,12 +47,12 @@ class LowRankGatedAttention(nn.Module):
     """See `latent_attention.attention` for the shared call signature."""
     cfg = self.cfg
     n, h, r = cfg.num_heads, cfg.head_dim, cfg.lowrank_rank
-    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=self.dtype)
+    dense = functools.partial(projection.dense, dtype=self.dtype)
     self_attn = kv_BSD is None
     kv_BSD = x_BTD if self_attn else kv_BSD
-    q_BTNH = dense((n, h), name="query")(x_BTD)
-    ck_BSNC = dense((n, r), name="k_down")(kv_BSD)
-    cv_BSNC = dense((n, r), name="v_down")(kv_BSD)
+    q_BTNH = dense(x_BTD, (n, h), name="query")
+    ck_BSNC = dense(kv_BSD, (n, r), name="k_down")
+    cv_BSNC = dense(kv_BSD, (n, r), name="v_down")
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
@@ -62,8 +62,8 @@ class LowRankGatedAttention(nn.Module):
       ck_BSNC, cv_BSNC, is_causal = buffers["cached_k_latent"], buffers["cached_v_latent"], False
       b, s = ck_BSNC.shape[:2]
       kv_pos_BS = jnp.broadcast_to(jnp.arange(s), (b, s))
-    k_BSNH = dense(h, name="k_up")(ck_BSNC)
-    v_BSNH = dense(h, name="v_up")(cv_BSNC)
+    k_BSNH = dense(ck_BSNC, h, name="k_up")
+    v_BSNH = dense(cv_BSNC, h, name="v_up")
     if pos_BT is not None:
       q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
       k_BSNH = apply_rope(k_BSNH, kv_pos_BS, cfg.rope_theta)
@@ -73,6 +73,5 @@ class LowRankGatedAttention(nn.Module):
     gate_BTN = jax.nn.softmax(gate_logits_BTN.astype(jnp.float32), axis=-1).astype(self.dtype)
     if cfg.lowrank_combine == "sum":
       mixed_BTH = jnp.einsum("BTNH,BTN->BTH", out_BTNH, gate_BTN)
-      return dense(self.d_model, name="out")(mixed_BTH)
-    return nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                           name="out")(out_BTNH * gate_BTN[..., None])
+      return dense(mixed_BTH, self.d_model, name="out")
+    return dense(out_BTNH * gate_BTN[..., None], self.d_model, axis=(-2, -1), name="out")

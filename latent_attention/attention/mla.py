@@ -12,12 +12,13 @@ layer. Decode modes (`mla_decode_mode`), equal in exact arithmetic:
             and W_UV is applied after the weighted sum over c_KV.
 """
 
+import functools
 from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from latent_attention.attention import cache
+from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
 from latent_attention.attention.core import dot_product_attention, plan_masks
 from latent_attention.attention.rope import apply_rope
@@ -38,14 +39,12 @@ class MultiHeadLatentAttention(nn.Module):
       return cfg.num_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
     return cfg.kv_lora_rank + cfg.qk_rope_head_dim
 
-  def _dense(self, features, name):
-    return nn.DenseGeneral(features, use_bias=False, dtype=self.dtype, name=name)
-
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
                causal=True, decode=False):
     """See `latent_attention.attention` for the shared call signature."""
     cfg = self.cfg
+    dense = functools.partial(projection.dense, dtype=self.dtype)
     n, c, r = cfg.num_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
     nope, dv = cfg.qk_nope_head_dim, cfg.v_head_dim
     self_attn = kv_BSD is None
@@ -56,13 +55,13 @@ class MultiHeadLatentAttention(nn.Module):
 
     if cfg.q_lora_rank:
       cq_BTC = nn.RMSNorm(dtype=self.dtype, name="q_norm")(
-          self._dense(cfg.q_lora_rank, "q_down")(x_BTD))
-      q_BTNH = self._dense((n, nope + r), "q_up")(cq_BTC)
+          dense(x_BTD, cfg.q_lora_rank, name="q_down"))
+      q_BTNH = dense(cq_BTC, (n, nope + r), name="q_up")
     else:
-      q_BTNH = self._dense((n, nope + r), "query")(x_BTD)
+      q_BTNH = dense(x_BTD, (n, nope + r), name="query")
     q_nope_BTNH, q_rope_BTNR = q_BTNH[..., :nope], q_BTNH[..., nope:]
-    ckv_BSC = nn.RMSNorm(dtype=self.dtype, name="kv_norm")(self._dense(c, "kv_down")(kv_BSD))
-    k_rope_BSR = self._dense(r, "k_rope")(kv_BSD)
+    ckv_BSC = nn.RMSNorm(dtype=self.dtype, name="kv_norm")(dense(kv_BSD, c, name="kv_down"))
+    k_rope_BSR = dense(kv_BSD, r, name="k_rope")
     if pos_BT is not None:
       q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, cfg.rope_theta)
       k_rope_BSR = apply_rope(k_rope_BSR[:, :, None], kv_pos_BS, cfg.rope_theta)[:, :, 0]
@@ -103,5 +102,4 @@ class MultiHeadLatentAttention(nn.Module):
       out_BTNH = dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask_BTS=mask_BTS,
                                        is_causal=is_causal, scale=scale,
                                        implementation=cfg.implementation)
-    return nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                           name="out")(out_BTNH)
+    return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")

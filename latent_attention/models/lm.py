@@ -6,7 +6,8 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from latent_attention.attention import AttentionConfig, cache_elements_per_token, make_attention
+from latent_attention.attention import (AttentionConfig, cache_elements_per_token,
+                                        make_attention, projection)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -40,8 +41,8 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD):
-    h_BTF = nn.gelu(nn.Dense(self.mlp_dim, use_bias=False, dtype=self.dtype, name="up")(x_BTD))
-    return nn.Dense(x_BTD.shape[-1], use_bias=False, dtype=self.dtype, name="down")(h_BTF)
+    h_BTF = nn.gelu(projection.dense(x_BTD, self.mlp_dim, name="up", dtype=self.dtype))
+    return projection.dense(h_BTF, x_BTD.shape[-1], name="down", dtype=self.dtype)
 
 
 class Block(nn.Module):
