@@ -27,3 +27,16 @@ def from_config(cls, section: Mapping, where: str, **nested):
 def default_section(cls) -> ml_collections.ConfigDict:
   """A ConfigDict holding every field of `cls` at its default (for lock_config overrides)."""
   return ml_collections.ConfigDict(dataclasses.asdict(cls()))
+
+
+def check_fields(cfg, section: str, *, positive=(), non_negative=(), choices=None) -> None:
+  """Raises one ValueError naming `section.field`, its value and what is allowed."""
+  for fields, low, word in ((positive, 1, "positive"), (non_negative, 0, "non-negative")):
+    for f in fields:
+      v = getattr(cfg, f)
+      if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        raise ValueError(f"{section}.{f}={v!r} is invalid: must be a {word} integer")
+  for f, allowed in (choices or {}).items():
+    if getattr(cfg, f) not in allowed:
+      raise ValueError(f"{section}.{f}={getattr(cfg, f)!r} is invalid: choose one of "
+                       f"{', '.join(allowed)}")

@@ -8,6 +8,7 @@ from flax import linen as nn
 
 from latent_attention.attention import (AttentionConfig, cache_elements_per_token,
                                         make_attention, projection)
+from latent_attention.config import check_fields
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -26,13 +27,8 @@ class LMConfig:
   attention: AttentionConfig = AttentionConfig()
 
   def __post_init__(self):
-    for f in ("vocab_size", "d_model", "num_layers", "mlp_dim"):
-      v = getattr(self, f)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"model.{f}={v!r} is invalid: must be a positive integer")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"model.dtype={self.dtype!r} is invalid: choose one of "
-                       f"{', '.join(DTYPES)}")
+    check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers", "mlp_dim"),
+                 choices={"dtype": tuple(DTYPES)})
 
 
 class Mlp(nn.Module):

@@ -24,6 +24,7 @@ from flax import linen as nn
 
 from latent_attention.attention import AttentionConfig
 from latent_attention.attention.induced import NORMS, AttentionBlock, InducedSetAttention
+from latent_attention.config import check_fields
 from latent_attention.models.lm import DTYPES
 
 DECODERS = ("query", "mean")
@@ -54,20 +55,12 @@ class PerceiverConfig:
   attention: AttentionConfig = AttentionConfig()
 
   def __post_init__(self):
-    for f in ("num_classes", "d_model", "num_latents", "num_blocks", "mlp_dim",
-              "max_resolution"):
-      v = getattr(self, f)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"model.{f}={v!r} is invalid: must be a positive integer")
-    for f in ("num_self_attends", "fourier_bands"):
-      v = getattr(self, f)
-      if not isinstance(v, int) or v < 0:
-        raise ValueError(f"model.{f}={v!r} is invalid: must be a non-negative integer")
-    for f, choices in (("norm", NORMS), ("decoder", DECODERS), ("encoder", ENCODERS),
-                       ("dtype", tuple(DTYPES))):
-      if getattr(self, f) not in choices:
-        raise ValueError(f"model.{f}={getattr(self, f)!r} is invalid: choose one of "
-                         f"{', '.join(choices)}")
+    check_fields(self, "model",
+                 positive=("num_classes", "d_model", "num_latents", "num_blocks", "mlp_dim",
+                           "max_resolution"),
+                 non_negative=("num_self_attends", "fourier_bands"),
+                 choices={"norm": NORMS, "decoder": DECODERS, "encoder": ENCODERS,
+                          "dtype": tuple(DTYPES)})
 
 
 def fourier_features(height: int, width: int, num_bands: int, max_resolution: int):

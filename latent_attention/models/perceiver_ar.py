@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from latent_attention.attention import AttentionConfig, cache_elements_per_token, make_attention
+from latent_attention.config import check_fields
 from latent_attention.models.lm import DTYPES, Block, Mlp
 
 
@@ -41,13 +42,9 @@ class PerceiverARConfig:
   attention: AttentionConfig = AttentionConfig()  # cross- and self-attention.
 
   def __post_init__(self):
-    for f in ("vocab_size", "d_model", "num_latents", "num_layers", "mlp_dim"):
-      v = getattr(self, f)
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"model.{f}={v!r} is invalid: must be a positive integer")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"model.dtype={self.dtype!r} is invalid: choose one of "
-                       f"{', '.join(DTYPES)}")
+    check_fields(self, "model",
+                 positive=("vocab_size", "d_model", "num_latents", "num_layers", "mlp_dim"),
+                 choices={"dtype": tuple(DTYPES)})
 
 
 class PerceiverAR(nn.Module):

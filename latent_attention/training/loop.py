@@ -190,7 +190,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       bar.update(1)
       if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.num_steps:
         t_eval = time.perf_counter()
-        writer.write(done, "eval", evaluate(exp, state.params, config.data.eval_split))
+        scores = evaluate(exp, state.params, config.data.eval_split)
+        writer.write(done, "eval", scores)
+        logging.info("step %d, %s: %s", done, config.data.eval_split, _fmt(scores))
         t0 += time.perf_counter() - t_eval  # tokens/s counts training time only.
       if stop.signal:
         _check_finite(state, mngr)
@@ -220,6 +222,10 @@ def _check_finite(state, mngr):
         f"checkpoint: step {mngr.latest_step()}. Lower train.learning_rate or check the data")
 
 
+def _fmt(scores: dict) -> str:
+  return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+
+
 def _log_train(writer, step, window, seconds, tokens_per_step, exp):
   m = jax.device_get(window)
   loss = float(np.mean([x["loss"] for x in m]))
@@ -239,8 +245,7 @@ def _finish(exp, mngr, writer, state, data_iter, metadata, workdir):
     checkpoint.save(mngr, step, state, data_iter, config, metadata, force=True)
   final = evaluate(exp, state.params, config.data.eval_split)
   writer.write(step, "eval", final)
-  logging.info("step %d, %s: %s", step, config.data.eval_split,
-               ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+  logging.info("step %d, %s: %s", step, config.data.eval_split, _fmt(final))
   result = {"step": step, "eval_split": config.data.eval_split, "eval": final,
             "sample": sample_text(exp, state.params, config.seed)}
   if jax.process_index() == 0:
