@@ -173,7 +173,8 @@ def test_attention_kinds_and_maps(cross, attention):
   if model.cfg.cross_attention.kind == "mla":
     v_BSNH = jnp.einsum("BSC,CNH->BSNH", captured[("kv_norm",)], p["v_up"])
   else:
-    v_BSNH = jnp.repeat(captured[("value",)], n, axis=2)
+    value = captured[("value",)]  # projected on flattened rows: restore the batch axis.
+    v_BSNH = jnp.repeat(value.reshape(images.shape[0], -1, *value.shape[1:]), n, axis=2)
   out_BMNH = jnp.einsum("BNMS,BSNH->BMNH", maps_BNMS, v_BSNH)
   np.testing.assert_allclose(jnp.einsum("BMNH,NHD->BMD", out_BMNH, p["out"]["kernel"]),
                              captured[()], atol=1e-5)
