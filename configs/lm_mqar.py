@@ -3,8 +3,10 @@ r"""Multi-query associative recall (Zoology, arXiv 2312.04927), generated in mem
   python train.py --config=configs/lm_mqar.py:mla --workdir=/tmp/mqar_mla
   python train.py --config=configs/lm_mqar.py:mha,runlocal --workdir=/tmp/mqar_local
 
-Arguments (comma-separated): an attention variant of lm_shakespeare.VARIANTS (default mha) and
-optional `runlocal`. The reported `accuracy` is recall accuracy: only query positions are scored.
+Arguments (comma-separated): an attention variant of lm_shakespeare.VARIANTS (default mha),
+optional `perceiver_ar` (cross-attention + one self-attention layer over the last M = 16
+positions: only queries there are scored) and `runlocal`. The reported `accuracy` is recall
+accuracy: only query positions are scored.
 """
 
 import os
@@ -18,19 +20,23 @@ import lm_shakespeare  # noqa: E402  (shares the model sizes and variants)
 
 def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
   args = [a for a in (arg or "mha").split(",") if a]
-  unknown = [a for a in args if a not in (*lm_shakespeare.VARIANTS, "runlocal")]
+  unknown = [a for a in args if a not in (*lm_shakespeare.VARIANTS, "perceiver_ar", "runlocal")]
   if unknown:
     raise ValueError(f"config argument {unknown[0]!r} is invalid: choose from "
-                     f"{', '.join(lm_shakespeare.VARIANTS)}, runlocal")
+                     f"{', '.join(lm_shakespeare.VARIANTS)}, perceiver_ar, runlocal")
   variant = next((a for a in args if a in lm_shakespeare.VARIANTS), "mha")
-  base = lm_shakespeare.get_config(variant)
+  perceiver_ar = "perceiver_ar" in args
+  base = lm_shakespeare.get_config(variant + (",perceiver_ar" if perceiver_ar else ""))
 
   config = ml_collections.ConfigDict()
   config.seed = 0  # params init and data order.
   config.model = base.model  # 2-layer LM below; attention sizes as lm_shakespeare.
   config.model.vocab_size = 8192  # Zoology's MQAR vocabulary.
-  config.model.num_layers = 2  # Zoology's figure-2 models are 2 layers deep.
-  config.model.d_model = 128  # D (Zoology sweeps 64..512).
+  # Zoology's figure-2 models are 2 layers deep (Perceiver AR: cross-attention + 1 layer).
+  config.model.num_layers = 1 if perceiver_ar else 2
+  if perceiver_ar:
+    config.model.num_latents = 16  # M: few latents, a tight bottleneck.
+  config.model.d_model = 64  # D (Zoology sweeps 64..512).
   config.model.mlp_dim = 256  # F.
 
   config.data = ml_collections.ConfigDict()

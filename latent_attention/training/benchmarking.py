@@ -40,7 +40,7 @@ def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0
          "achieved_tflops": flops_per_token * tokens / step / 1e12}
   if peak_tflops:
     out["mfu"] = out["achieved_tflops"] / peak_tflops
-  if exp.dataset.task == "lm" and hasattr(exp.model, "cache_elements"):
+  if decode_tokens and exp.dataset.task == "lm" and hasattr(exp.model, "cache_elements"):
     out["decode_tokens_per_s"] = evaluate_lib.decode_speed(
         exp, state.params, max(1, config.data.seq_len // 2), decode_tokens)
   return out

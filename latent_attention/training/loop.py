@@ -114,7 +114,7 @@ def sample_text(exp: Experiment, params, seed: int = 0) -> str | None:
   return ecfg.prompt + exp.dataset.vocab.decode(new_tokens)
 
 
-class _StopFlag:
+class StopFlag:
   """SIGTERM/SIGINT request a checkpoint and a clean exit instead of killing the run."""
 
   def __init__(self):
@@ -167,7 +167,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("Model %s/%s: %s parameters", config.model.name,
                config.model.get("attention", {}).get("kind", "-"), f"{n_params:,}")
   result = {"interrupted": None}
-  with _StopFlag() as stop, tqdm(total=tcfg.num_steps, initial=start, disable=None,
+  with StopFlag() as stop, tqdm(total=tcfg.num_steps, initial=start, disable=None,
                                  dynamic_ncols=True) as bar:
     if batch is not None:
       compiled = exp.train_step.lower(state, batch).compile()
@@ -202,9 +202,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         done, workdir)
         result["interrupted"] = stop.signal
         break
-      if mngr.should_save(done) and done < tcfg.num_steps:
+      # Explicit cadence: Orbax's default policy would also save step 1 of a fresh run.
+      if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.num_steps:
         _check_finite(state, mngr)
-        checkpoint.save(mngr, done, state, data_iter, config, metadata)
+        checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
   if not result["interrupted"]:
     result = _finish(exp, mngr, writer, state, data_iter, metadata, workdir)
   mngr.wait_until_finished()

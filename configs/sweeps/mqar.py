@@ -1,0 +1,57 @@
+r"""MQAR recall vs KV-cache bytes (Zoology, arXiv 2312.04927, figure 2 scaled to a CPU budget).
+
+  python scripts/sweep.py --sweep=configs/sweeps/mqar.py --workdir=/tmp/mqar
+  python scripts/sweep.py --sweep=configs/sweeps/mqar.py:full --workdir=/tmp/mqar_full
+  python scripts/sweep.py --sweep=configs/sweeps/mqar.py --workdir=/tmp/mqar_local --runlocal
+
+2-layer LMs on multi-query associative recall (configs/lm_mqar.py: vocabulary 8192) with every
+attention kind: mha, gqa (2 KV heads), mqa, mla with a tight and a loose latent (d_c = 8, 64),
+lowrank_gated, head_gated (2 of 4 heads) and perceiver_ar with few latents (M = 16, so only the
+queries among the last 16 positions are scored). The `accuracy` column is recall accuracy.
+Expectation to check, not to force: full attention solves the task, tight bottlenecks (small
+d_c, few latents, few kept heads) lose recall as the number of key-value pairs grows.
+
+Sizes (the argument): default = (T, pairs) in {(64, 4), (128, 8)} at d_model 64, 16 runs;
+`full` = Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 48 runs (GPU-sized).
+"""
+
+import ml_collections
+
+KINDS = {  # run name prefix -> (config argument, dotted overrides)
+    "mha": ("mha", {}),
+    "gqa": ("gqa", {}),
+    "mqa": ("mqa", {}),
+    "mla_c8": ("mla", {"model.attention.kv_lora_rank": 8}),
+    "mla_c64": ("mla", {"model.attention.kv_lora_rank": 64}),
+    "lowrank_gated": ("lowrank_gated", {}),
+    "head_gated": ("head_gated", {}),
+    "perceiver_ar_m16": ("mha,perceiver_ar", {"model.num_latents": 16}),
+}
+SIZES = {
+    "": ([(64, 4), (128, 8)], [64]),
+    "full": ([(64, 4), (128, 8), (256, 16)], [64, 128]),
+}
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  if arg not in SIZES:
+    raise ValueError(f"sweep argument {arg!r} is invalid: choose from '' (default) or full")
+  lengths, widths = SIZES[arg]
+  sweep = ml_collections.ConfigDict()
+  sweep.base = "configs/lm_mqar.py:mha"  # runs below name their own variant of lm_mqar.py.
+  sweep.overrides = ml_collections.ConfigDict({}, allow_dotted_keys=True)  # none shared.
+  # --runlocal: lm_mqar's runlocal sizes; d_model 64 keeps kv_lora_rank=64 valid.
+  sweep.runlocal_overrides = ml_collections.ConfigDict(
+      {"model.d_model": 64, "data.num_kv_pairs": 4}, allow_dotted_keys=True)
+  sweep.runs = []
+  for (seq_len, pairs), width in ((lp, w) for lp in lengths for w in widths):
+    for prefix, (variant, overrides) in KINDS.items():
+      sweep.runs.append(dict(
+          name=f"{prefix}_T{seq_len}_D{width}",
+          base=f"configs/lm_mqar.py:{variant}",  # per-run base: perceiver_ar is another model.
+          overrides={"data.seq_len": seq_len, "data.num_kv_pairs": pairs,
+                     "model.d_model": width, **overrides}))
+  sweep.benchmark = ml_collections.ConfigDict()
+  sweep.benchmark.steps = 20  # timed train steps per run (median reported).
+  sweep.benchmark.warmup = 3  # untimed steps first.
+  return sweep

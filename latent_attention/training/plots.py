@@ -1,0 +1,78 @@
+"""Sweep figures (PNG): perplexity vs KV cache, eval-loss curves, accuracy and speed bars.
+
+Built on `matplotlib.figure.Figure` (Agg canvas), so they never touch pyplot's global state or a
+display. Each takes the table rows of finished runs (see `training.sweep`).
+"""
+
+from matplotlib.figure import Figure
+
+DPI = 120
+
+
+def perplexity_vs_cache(rows, path: str) -> None:
+  """Perplexity vs KV-cache bytes per token (log x), points labelled, the Pareto front dashed."""
+  points = sorted((r["kv_bytes_per_token"], r["perplexity"], r["name"]) for r in rows)
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.subplots()
+  ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], zorder=3)
+  for x, y, name in points:
+    ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+  # A run is on the front when no run with a smaller (or equal) cache has a lower perplexity.
+  front, best = [], float("inf")
+  for x, y, _ in points:
+    if y < best:
+      front.append((x, y))
+      best = y
+  ax.plot([x for x, _ in front], [y for _, y in front], "--", color="gray", zorder=2,
+          label="Pareto front")
+  ax.set_xscale("log")
+  ax.margins(x=0.15)  # room for the labels of the outermost points.
+  ax.set_xlabel("KV-cache bytes per token (measured, all layers)")
+  ax.set_ylabel("perplexity (eval split)")
+  ax.set_title("Quality vs KV cache")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.savefig(path, dpi=DPI)
+
+
+def accuracy_bars(rows, path: str) -> None:
+  """Eval accuracy per run (classifier sweeps), in table order."""
+  fig = Figure(figsize=(max(5, 0.8 * len(rows) + 2), 4), layout="constrained")
+  ax = fig.subplots()
+  names = [r["name"] for r in rows]
+  bars = ax.bar(names, [r["accuracy"] for r in rows])
+  ax.bar_label(bars, fmt="%.4f", fontsize=8)
+  ax.set_ylabel("accuracy (eval split)")
+  ax.set_title("Accuracy per run")
+  ax.tick_params(axis="x", labelrotation=30)
+  fig.savefig(path, dpi=DPI)
+
+
+def loss_curves(curves: dict, path: str) -> None:
+  """Eval loss vs step of every run on one figure; `curves` maps name -> (steps, losses)."""
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.subplots()
+  for name, (steps, losses) in curves.items():
+    ax.plot(steps, losses, marker="o", markersize=3, label=name)
+  ax.set_xlabel("step")
+  ax.set_ylabel("eval loss (nats)")
+  ax.set_title("Eval loss during training")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=DPI)
+
+
+def speed_bars(rows, path: str) -> None:
+  """Median train-step time and (LMs) decode tokens/s per run, in table order."""
+  panels = [("step_time_ms", "train step time (ms)")]
+  if any(r.get("decode_tokens_per_s") for r in rows):
+    panels.append(("decode_tokens_per_s", "decode tokens/s (batch 1)"))
+  fig = Figure(figsize=(max(6, 0.7 * len(rows) + 2) * len(panels), 4), layout="constrained")
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  names = [r["name"] for r in rows]
+  for ax, (key, label) in zip(axes, panels):
+    bars = ax.bar(names, [r.get(key) or 0.0 for r in rows])
+    ax.bar_label(bars, fmt="%.0f" if key == "decode_tokens_per_s" else "%.1f", fontsize=8)
+    ax.set_title(label)
+    ax.tick_params(axis="x", labelrotation=30)
+  fig.savefig(path, dpi=DPI)

@@ -1,0 +1,344 @@
+"""Ablation sweeps: train, evaluate and time every run of a sweep file; one table and plots.
+
+A sweep file (configs/sweeps/*.py) has `get_config(arg)` returning a ConfigDict with:
+
+  base                the config every run starts from, 'configs/<file>.py[:arg]' (a relative
+                      path is taken from the repository root).
+  overrides           {dotted config key: value} applied to every run.
+  runlocal_overrides  {dotted config key: value} applied next with --runlocal, where the base
+                      argument also gets ',runlocal': every run shrinks to seconds on a CPU.
+  runs                [{name, overrides, base (optional: another config spec for this run,
+                      e.g. another model)}]; a run's own overrides come last, so they win.
+  grid                {dotted config key: values}: one more run per point of the product, named
+                      after the keys' last parts and the values (e.g. kv_lora_rank16).
+  benchmark           steps and warmup of the train-step timing (`benchmarking.benchmark`;
+                      default 50 and 5).
+
+Mappings with dotted keys are built as `ml_collections.ConfigDict(..., allow_dotted_keys=True)`.
+
+Run `name` lives in <workdir>/<name>/: a train.py workdir plus result.json (its table row and
+config) or, when it raised, error.txt (the traceback) and a failed row. A run whose result.json
+holds status 'ok' and the same config is skipped when the sweep runs again; failed runs are
+retried. SIGTERM/SIGINT stops the sweep: during training at once, after a checkpoint from which
+the run resumes next time; otherwise once the current run is done. results.csv, results.md and
+the plots cover every run of the sweep that has a result.json.
+"""
+
+import csv
+import itertools
+import json
+import os
+import re
+import time
+import traceback
+from typing import NamedTuple
+
+from absl import logging
+
+from latent_attention.training import (benchmarking, checkpoint, config_files, evaluate, loop,
+                                       metrics, plots)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# --runlocal is a smoke test: its timings mean nothing, so time few steps.
+RUNLOCAL_BENCHMARK = {"steps": 3, "warmup": 1}
+RESULT, ERROR = "result.json", "error.txt"
+
+# (row key = results.csv column, results.md header, format). Units are in the names.
+COLUMNS = (
+    ("name", "run", "{}"),
+    ("kind", "attention", "{}"),
+    ("sizes", "sizes", "{}"),
+    ("mlp_dim", "F (MLP)", "{}"),
+    ("params", "params", "{:,}"),
+    ("eval_loss", "eval loss (nats)", "{:.4f}"),
+    ("perplexity", "perplexity", "{:.3f}"),
+    ("bits_per_char", "bits/char", "{:.4f}"),
+    ("bits_per_token", "bits/token", "{:.4f}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("kv_bytes_per_token", "KV bytes/token (measured)", "{:,.0f}"),
+    ("kv_formula_bytes_per_token", "KV bytes/token (formula)", "{:,.0f}"),
+    ("kv_vs_mha", "KV vs mha", "{:.3f}x"),
+    ("step_time_ms", "step time (ms)", "{:.1f}"),
+    ("tokens_per_s", "train tokens/s", "{:,.0f}"),
+    ("decode_tokens_per_s", "decode tokens/s", "{:,.0f}"),
+    ("train_wall_s", "train wall (s)", "{:.0f}"),
+    ("status", "status", "{}"),
+    ("error", "error", "{}"),
+)
+
+
+class Outcome(NamedTuple):
+  rows: list  # the table rows, sorted as in results.csv.
+  interrupted: str | None  # the signal that stopped the sweep, if any.
+
+
+def expand(sweep) -> dict:
+  """Run name -> {base, overrides}: the explicit runs, then one run per grid point."""
+  runs = {}
+
+  def add(name, overrides, base=None):
+    if not re.fullmatch(r"[\w.=+-]+", name) or name in runs:
+      raise ValueError(f"sweep run name {name!r} is invalid: names must be unique and made of "
+                       "letters, digits and _.=+-")
+    if not (base or sweep.get("base")):
+      raise ValueError(f"sweep run {name!r} has no base: set the sweep's `base` or the run's")
+    runs[name] = {"base": base or sweep.base, "overrides": dict(overrides or {})}
+
+  for run in sweep.get("runs") or ():
+    add(run["name"], run.get("overrides"), run.get("base"))
+  grid = dict((sweep.get("grid") or {}).items())
+  for values in itertools.product(*grid.values()) if grid else ():
+    add("_".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(grid, values)),
+        dict(zip(grid, values)))
+  if not runs:
+    raise ValueError("the sweep defines no runs: give `runs`, `grid` or both")
+  return runs
+
+
+def make_config(sweep, run: dict, runlocal: bool = False):
+  """The locked config of a run from `expand`: base, then sweep, runlocal and run overrides."""
+  path, _, arg = run["base"].partition(":")
+  if runlocal:
+    arg = ",".join(a for a in (arg, "runlocal") if a)
+  path = os.path.join(REPO_ROOT, path)  # join keeps an absolute path as it is.
+  config = config_files.load(f"{path}:{arg}" if arg else path)
+  config.lock()
+  layers = [sweep.get("overrides") or {}, run["overrides"]]
+  if runlocal:
+    layers.insert(1, sweep.get("runlocal_overrides") or {})
+  for layer in layers:
+    for key, value in layer.items():
+      parts, section = key.split("."), config
+      for i, part in enumerate(parts):
+        if not hasattr(section, "keys") or part not in section:
+          raise ValueError(f"override {key!r} is invalid: the config has no field "
+                           f"{'.'.join(parts[:i + 1])}")
+        if i < len(parts) - 1:
+          section = section[part]
+      section[parts[-1]] = value
+  return config
+
+
+def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
+              only: list[str] | None = None) -> Outcome:
+  """Runs the sweep's runs (or those named in `only`), then writes the table and the plots."""
+  sweep = config_files.load(sweep_spec)
+  runs = expand(sweep)
+  unknown = sorted(set(only or ()) - set(runs))
+  if unknown:
+    raise ValueError(f"--only names unknown runs {', '.join(unknown)}; the sweep has "
+                     f"{', '.join(runs)}")
+  selected = [name for name in runs if not only or name in only]
+  timing = RUNLOCAL_BENCHMARK if runlocal else {"steps": 50, "warmup": 5,
+                                                 **(sweep.get("benchmark") or {})}
+  os.makedirs(workdir, exist_ok=True)
+  interrupted = None
+  # train_and_evaluate's own handler takes over while it trains; at any other time a signal
+  # stops the sweep once the current run is done.
+  with loop.StopFlag() as stop:
+    for i, name in enumerate(selected, 1):
+      logging.info("[%d/%d] %s", i, len(selected), name)
+      interrupted = _run(name, runs[name], sweep, runlocal, os.path.join(workdir, name), timing)
+      interrupted = interrupted or stop.signal
+      if interrupted:
+        logging.warning("%s received: sweep stopped at run %d/%d (%s); rerun the same command "
+                        "to resume", interrupted, i, len(selected), name)
+        break
+  rows = [r for r in (_read(os.path.join(workdir, n, RESULT)) for n in runs) if r]
+  title = sweep_spec + (" (runlocal)" if runlocal else "")
+  return Outcome(write_results(rows, workdir, title), interrupted)
+
+
+def _run(name, run, sweep, runlocal, run_dir, timing) -> str | None:
+  """Trains, evaluates and times one run into `run_dir`; returns the signal if one stopped it."""
+  os.makedirs(run_dir, exist_ok=True)
+  config = config_json = None
+  try:
+    config = make_config(sweep, run, runlocal)
+    config_json = _as_json(config.to_dict())
+    previous = _read(os.path.join(run_dir, RESULT))
+    if previous and previous["status"] == "ok" and previous["config"] == config_json:
+      logging.info("%s: finished earlier with the same config, skipped", name)
+      return None
+    for stale in (RESULT, ERROR):  # an older config's row, or a failed try's.
+      if os.path.exists(os.path.join(run_dir, stale)):
+        os.remove(os.path.join(run_dir, stale))
+    _check_resumable(run_dir, config_json)
+    start = time.perf_counter()
+    trained = loop.train_and_evaluate(config, run_dir)
+    if trained.get("interrupted"):
+      return trained["interrupted"]
+    wall = time.perf_counter() - start
+    evaluated = evaluate.evaluate_workdir(run_dir)
+    # The table's decode speed is evaluate_workdir's: the benchmark skips its own.
+    timed = benchmarking.benchmark(config, timing["steps"], timing["warmup"], decode_tokens=0)
+    row = {**_describe(name, config), **_measured(config, run_dir, evaluated, timed, wall)}
+  except Exception as e:  # one failed run must not stop the others.
+    with open(os.path.join(run_dir, ERROR), "w") as f:
+      f.write(traceback.format_exc())
+    error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    logging.error("%s failed (%s); traceback in %s", name, error, os.path.join(run_dir, ERROR))
+    row = {**(_describe(name, config) if config else {"name": name}),
+           "status": "failed", "error": error}
+  checkpoint.dump_json(os.path.join(run_dir, RESULT), {**row, "config": config_json})
+  return None
+
+
+def _as_json(obj):
+  """What `obj` reads back as from JSON (tuples become lists), for config comparisons."""
+  return json.loads(json.dumps(obj))
+
+
+def _read(path):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _check_resumable(run_dir, config_json):
+  """Refuses to resume a checkpoint trained with another config: its numbers would mix both."""
+  if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    return
+  mngr = checkpoint.manager(run_dir, read_only=True)
+  try:
+    step = mngr.latest_step()
+    saved = checkpoint.read_json(mngr, step)[0] if step is not None else None
+  finally:
+    mngr.close()
+  if saved is None:
+    return
+  old, new = _flatten(_as_json(saved)), _flatten(config_json)
+  changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+  if changed:
+    k = changed[0]
+    raise ValueError(f"{run_dir} holds a checkpoint (step {step}) trained with another config "
+                     f"({k}: {old.get(k)!r} -> {new.get(k)!r}); delete it to retrain this run")
+
+
+def _describe(name, config) -> dict:
+  """The run's name, attention kind, its key sizes and the MLP width."""
+  model = config.model
+  att = model.get("attention")
+  sizes = [f"M={model.num_latents}"] if "num_latents" in model else []
+  if att is not None:
+    n, h = att.num_heads, att.head_dim
+    if att.kind == "mla":
+      q = f", d_c'={att.q_lora_rank}" if att.q_lora_rank else ""
+      sizes.append(f"d_c/d_R={att.kv_lora_rank}/{att.qk_rope_head_dim}{q}")
+    elif att.kind == "lowrank_gated":
+      sizes.append(f"N/r={n}/{att.lowrank_rank}")
+    elif att.kind == "head_gated":
+      kept = att.head_gated_top_k or f"{att.head_gated_keep_fraction:g}N"
+      sizes.append(f"N/H={n}/{h}, top_k={kept}")
+    else:
+      kv = {"mha": n, "mqa": 1}.get(att.kind, att.num_kv_heads)
+      sizes.append(f"N/K/H={n}/{kv}/{h}")
+  kind = att.kind if att is not None else ""
+  if model.get("name", "lm") != "lm":  # e.g. perceiver/mha: another model than the plain LM.
+    kind = f"{model.name}/{kind}" if kind else model.name
+  return {"name": name, "kind": kind, "sizes": ", ".join(sizes), "mlp_dim": model.get("mlp_dim")}
+
+
+def _measured(config, run_dir, evaluated, timed, wall) -> dict:
+  """The measurements of a finished run (DESIGN.md, Measurements)."""
+  split = config.data.eval_split
+  ev = evaluated[split]
+  model_lines = [m for m in metrics.read_metrics(run_dir) if m["split"] == "model"]
+  return {
+      "status": "ok", "error": None,
+      "params": int(model_lines[-1]["params"]) if model_lines else None,
+      "eval_split": split, "eval_loss": ev["loss"], "perplexity": ev.get("perplexity"),
+      "bits_per_char": ev.get("bits_per_char"), "bits_per_token": ev.get("bits_per_token"),
+      "accuracy": ev["accuracy"],
+      "kv_bytes_per_token": evaluated.get("kv_cache_bytes_per_token"),
+      "kv_formula_bytes_per_token": evaluated.get("kv_cache_formula_bytes_per_token"),
+      "step_time_ms": 1e3 * timed["step_time_s"], "tokens_per_s": timed["tokens_per_s"],
+      "decode_tokens_per_s": evaluated.get("decode_tokens_per_s"),
+      # This invocation's train_and_evaluate: compilation and periodic evals included.
+      "train_wall_s": wall,
+  }
+
+
+def _natural(name):
+  """Sort key putting m8 before m16."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _sorted_rows(rows) -> list[dict]:
+  """Failed runs last, then by measured KV bytes per token, then by name; adds kv_vs_mha (the
+  ratio to the run named mha)."""
+  ok = [r for r in rows if r["status"] == "ok"]
+  ref_kv = next((r.get("kv_bytes_per_token") for r in ok if r["name"] == "mha"), None)
+  out = []
+  for r in rows:
+    r = {k: v for k, v in r.items() if k != "config"}
+    kv = r.get("kv_bytes_per_token")
+    r["kv_vs_mha"] = kv / ref_kv if kv is not None and ref_kv else None
+    out.append(r)
+  return sorted(out, key=lambda r: (r["status"] != "ok", r.get("kv_bytes_per_token") is None,
+                                    r.get("kv_bytes_per_token") or 0, _natural(r["name"])))
+
+
+def _eval_curve(run_dir):
+  """(steps, eval losses) from metrics.jsonl; a re-evaluated final step counts once."""
+  by_step = {m["step"]: m["loss"] for m in metrics.read_metrics(run_dir) if m["split"] == "eval"}
+  steps = sorted(by_step)
+  return steps, [by_step[s] for s in steps]
+
+
+def write_results(rows, workdir: str, title: str) -> list[dict]:
+  """Writes results.csv, results.md and the plots; returns the rows in table order."""
+  rows = _sorted_rows(rows)
+  keys = [k for k, _, _ in COLUMNS]
+  tmp = os.path.join(workdir, "results.csv.tmp")
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: "" if r.get(k) is None else r[k] for k in keys} for r in rows)
+  os.replace(tmp, os.path.join(workdir, "results.csv"))
+
+  ok = [r for r in rows if r["status"] == "ok"]
+  figures = []
+  lm = [r for r in ok if r.get("perplexity") is not None and r.get("kv_bytes_per_token")]
+  if lm:
+    figures.append(("perplexity vs KV cache", "pareto.png"))
+    plots.perplexity_vs_cache(lm, os.path.join(workdir, figures[-1][1]))
+  elif ok:
+    figures.append(("accuracy", "accuracy.png"))
+    plots.accuracy_bars(ok, os.path.join(workdir, figures[-1][1]))
+  if ok:
+    curves = {r["name"]: _eval_curve(os.path.join(workdir, r["name"])) for r in ok}
+    figures += [("eval loss", "loss_curves.png"), ("speed", "speed.png")]
+    plots.loss_curves(curves, os.path.join(workdir, "loss_curves.png"))
+    plots.speed_bars(ok, os.path.join(workdir, "speed.png"))
+
+  # Markdown leaves out the columns that no run fills (e.g. perplexity for a classifier).
+  shown = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+  splits = sorted({r["eval_split"] for r in ok})
+  kv = (" KV bytes: the decode cache after prefilling data.seq_len tokens." if lm else "")
+  lines = [f"# Sweep {title}", "",
+           f"{len(ok)} of {len(rows)} runs finished. Eval split: {', '.join(splits) or '-'}.{kv} "
+           "Step time: median jitted train step after warm-up (DESIGN.md, Measurements).", "",
+           "| " + " | ".join(h for _, h, _ in shown) + " |",
+           "|" + "---|" * len(shown)]
+  for r in rows:
+    cells = ["" if r.get(k) is None else fmt.format(r[k]).replace("|", "\\|")
+             for k, _, fmt in shown]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", *(f"![{what}]({png})" for what, png in figures)]
+  tmp = os.path.join(workdir, "results.md.tmp")
+  with open(tmp, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  os.replace(tmp, os.path.join(workdir, "results.md"))
+  return rows

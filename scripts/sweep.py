@@ -1,0 +1,47 @@
+r"""Runs an ablation sweep: trains, evaluates and times every run, then one table and plots.
+
+  python scripts/sweep.py --sweep=configs/sweeps/lm_attention.py --workdir=/tmp/sweep
+  python scripts/sweep.py --sweep=configs/sweeps/lm_attention.py --workdir=/tmp/sweep_local \
+      --runlocal --only=mha,mla_c32
+  python scripts/sweep.py --sweep=configs/sweeps/lm_attention.py:large --workdir=/tmp/sweep_l
+
+Each run goes to <workdir>/<run>/ (a train.py workdir plus result.json, or error.txt when it
+failed); the table goes to <workdir>/results.csv and results.md, the plots to <workdir>/*.png.
+Rerunning the command skips finished runs, retries failed ones and resumes an interrupted one.
+SIGTERM or Ctrl-C stops the sweep cleanly (during training: after a checkpoint). The exit
+status is 1 when a run failed. Sweep files are described in latent_attention/training/sweep.py.
+"""
+
+from absl import app, flags, logging
+
+from latent_attention.training import metrics
+from latent_attention.training.sweep import run_sweep
+
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file[:arg], e.g. configs/sweeps/mla_rank.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per run.")
+_RUNLOCAL = flags.DEFINE_bool("runlocal", False,
+                              "Tiny runs (seconds each on a CPU): the base config's runlocal "
+                              "plus the sweep's runlocal_overrides.")
+_ONLY = flags.DEFINE_list("only", None, "Run only these runs (comma-separated names).")
+flags.mark_flags_as_required(["sweep", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  metrics.quiet_library_logs()
+  try:
+    outcome = run_sweep(_SWEEP.value, _WORKDIR.value, _RUNLOCAL.value, _ONLY.value)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"sweep.py: {e}") from None
+  with open(f"{_WORKDIR.value}/results.md") as f:
+    print(f.read())
+  failed = [r["name"] for r in outcome.rows if r["status"] != "ok"]
+  if failed:
+    raise SystemExit(f"sweep.py: {len(failed)} of {len(outcome.rows)} runs failed "
+                     f"({', '.join(failed)}); tracebacks in {_WORKDIR.value}/<run>/error.txt")
+
+
+if __name__ == "__main__":
+  app.run(main)

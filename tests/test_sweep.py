@@ -1,0 +1,177 @@
+"""Sweeps: a tiny --runlocal sweep end to end, reruns, failures, and the shipped sweep files."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from latent_attention.models import build_model
+from latent_attention.training import config_files, sweep as sweep_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS = os.path.join(ROOT, "configs", "sweeps")
+
+# Two runs that train (mha and, from the grid, mla) and one that fails: gqa needs num_kv_heads
+# to divide num_heads=4.
+TINY_SWEEP = '''
+import ml_collections
+
+
+def get_config():
+  dotted = lambda d: ml_collections.ConfigDict(d, allow_dotted_keys=True)  # noqa: E731
+  sweep = ml_collections.ConfigDict()
+  sweep.base = "configs/lm_shakespeare.py:mha"
+  sweep.overrides = dotted({"eval.sample_len": 0})
+  sweep.runlocal_overrides = dotted({"train.num_steps": 10, "train.eval_every": 5})
+  sweep.runs = [dict(name="mha", overrides={}),
+                dict(name="broken", overrides={"model.attention.kind": "gqa",
+                                               "model.attention.num_kv_heads": 3})]
+  sweep.grid = dotted({"model.attention.kind": ("mla",)})
+  sweep.benchmark = ml_collections.ConfigDict(dict(steps=50, warmup=5))
+  return sweep
+'''
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+  path = tmp_path / "tiny_sweep.py"
+  path.write_text(TINY_SWEEP)
+  return str(path)
+
+
+def _csv(workdir):
+  with open(os.path.join(workdir, "results.csv")) as f:
+    return list(csv.DictReader(f))
+
+
+def test_sweep_end_to_end_rerun_skips_and_failure_is_reported(tiny_sweep, tmp_path,
+                                                               monkeypatch):
+  workdir = str(tmp_path / "sweep")
+  out = subprocess.run([sys.executable, "scripts/sweep.py", f"--sweep={tiny_sweep}",
+                        f"--workdir={workdir}", "--runlocal"],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 1, out.stderr[-3000:]  # a run failed: the command says so.
+  assert out.stderr.strip().splitlines()[-1].startswith("sweep.py: 1 of 3 runs failed (broken)")
+  assert "[1/3] mha" in out.stderr and "[3/3] kindmla" in out.stderr
+
+  rows = _csv(workdir)
+  assert [r["name"] for r in rows] == ["kindmla", "mha", "broken"]  # by KV bytes, failed last.
+  mla, mha, broken = rows
+  assert mha["status"] == mla["status"] == "ok"
+  assert broken["status"] == "failed"
+  assert broken["error"].startswith("ValueError: model.attention.num_kv_heads=3 is invalid")
+  assert "Traceback" in (tmp_path / "sweep" / "broken" / "error.txt").read_text()
+  for r in (mla, mha):
+    assert float(r["kv_bytes_per_token"]) == float(r["kv_formula_bytes_per_token"])
+    assert float(r["perplexity"]) > 1 and float(r["step_time_ms"]) > 0
+    assert int(r["params"]) > 0 and float(r["decode_tokens_per_s"]) > 0
+  assert float(mha["kv_vs_mha"]) == 1.0
+  assert float(mla["kv_vs_mha"]) == (8 + 4) / (2 * 4 * 8)  # (d_c + d_R) / (2 N H), runlocal.
+  markdown = (tmp_path / "sweep" / "results.md").read_text()
+  assert "| KV bytes/token (measured) |" in markdown and "| failed |" in markdown
+  assert "bits/token" not in markdown  # a column no run fills is left out.
+  for png in ("pareto.png", "loss_curves.png", "speed.png"):
+    assert os.path.getsize(os.path.join(workdir, png)) > 1000
+
+  # Rerun: finished runs are skipped (never retrained, result.json untouched); the failed one
+  # is retried.
+  results = {n: os.path.join(workdir, n, "result.json") for n in ("mha", "kindmla")}
+  mtimes = {n: os.stat(p).st_mtime_ns for n, p in results.items()}
+  trained = []
+
+  def fake_train(config, run_dir):
+    trained.append(os.path.basename(run_dir))
+    raise RuntimeError("retrained")
+
+  monkeypatch.setattr(sweep_lib.loop, "train_and_evaluate", fake_train)
+  outcome = sweep_lib.run_sweep(tiny_sweep, workdir, runlocal=True)
+  assert trained == ["broken"]
+  assert {n: os.stat(p).st_mtime_ns for n, p in results.items()} == mtimes
+  assert [(r["name"], r["status"]) for r in outcome.rows] == [
+      ("kindmla", "ok"), ("mha", "ok"), ("broken", "failed")]
+  assert outcome.rows[2]["error"] == "RuntimeError: retrained"
+
+  # A changed config is not skipped, and its old checkpoint is not resumed.
+  with open(tiny_sweep, "w") as f:
+    f.write(TINY_SWEEP.replace('"train.num_steps": 10', '"train.num_steps": 12'))
+  outcome = sweep_lib.run_sweep(tiny_sweep, workdir, runlocal=True, only=["mha"])
+  assert trained == ["broken"]
+  row = next(r for r in outcome.rows if r["name"] == "mha")
+  assert row["status"] == "failed"
+  assert "holds a checkpoint (step 10) trained with another config (train.num_steps: 10 -> 12)" \
+      in row["error"]
+
+
+def test_interrupted_run_stops_the_sweep(tiny_sweep, tmp_path, monkeypatch):
+  started = []
+
+  def interrupted(config, run_dir):
+    started.append(os.path.basename(run_dir))
+    return {"interrupted": "SIGTERM"}
+
+  monkeypatch.setattr(sweep_lib.loop, "train_and_evaluate", interrupted)
+  workdir = str(tmp_path / "sweep")
+  outcome = sweep_lib.run_sweep(tiny_sweep, workdir, runlocal=True, only=["broken", "kindmla"])
+  assert outcome.interrupted == "SIGTERM"
+  assert started == ["broken"]  # the sweep's order, restricted to --only.
+  assert not os.path.exists(os.path.join(workdir, "broken", "result.json"))
+  assert outcome.rows == [] and _csv(workdir) == []
+
+
+def test_sweep_file_errors(tiny_sweep, tmp_path):
+  with pytest.raises(ValueError, match=r"--only names unknown runs gqa; the sweep has mha, "
+                     "broken, kindmla"):
+    sweep_lib.run_sweep(tiny_sweep, str(tmp_path), only=["mha", "gqa"])
+  sweep = config_files.load(tiny_sweep)
+  with pytest.raises(ValueError, match="override 'model.attention.nope' is invalid: the config "
+                     "has no field model.attention.nope"):
+    sweep_lib.make_config(sweep, {"base": sweep.base, "overrides": {"model.attention.nope": 1}})
+
+
+def test_classifier_rows_report_accuracy_and_leave_lm_columns_blank(tmp_path):
+  rows = [{"name": f"num_latents{m}", "kind": "perceiver/mha", "sizes": f"M={m}, N/K/H=4/4/16",
+           "status": "ok", "eval_split": "test", "eval_loss": 0.5, "accuracy": acc,
+           "step_time_ms": 10.0 + m, "tokens_per_s": 1e3, "decode_tokens_per_s": None,
+           "kv_bytes_per_token": None, "perplexity": None}
+          for m, acc in ((16, 0.86), (8, 0.84))]
+  rows = sweep_lib.write_results(rows, str(tmp_path), "perceiver_latents")
+  assert [r["name"] for r in rows] == ["num_latents8", "num_latents16"]
+  header = (tmp_path / "results.md").read_text().splitlines()[4]
+  assert "| accuracy |" in header and "perplexity" not in header and "KV" not in header
+  assert _csv(str(tmp_path))[0]["perplexity"] == ""
+  assert os.path.getsize(tmp_path / "accuracy.png") > 1000
+
+
+def _param_count(config):
+  model = build_model(config.model)
+  if config.model.name == "perceiver":
+    side = config.model.max_resolution
+    inputs = jnp.zeros((1, side, side, 1), jnp.float32)
+  else:
+    inputs = jnp.zeros((1, config.data.seq_len), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), inputs))
+  return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("arg", ["", "large"])
+def test_lm_attention_runs_match_mha_parameters_within_1_percent(arg):
+  sweep = config_files.load(os.path.join(SWEEPS, f"lm_attention.py:{arg}"))
+  runs = sweep_lib.expand(sweep)
+  counts = {n: _param_count(sweep_lib.make_config(sweep, run)) for n, run in runs.items()}
+  assert {"mha", "gqa", "mqa", "lowrank_gated", "head_gated"} < set(counts)
+  assert sum(n.startswith("mla_") for n in counts) == 3
+  for name, count in counts.items():
+    assert abs(count / counts["mha"] - 1) < 0.01, (name, count, counts["mha"])
+
+
+@pytest.mark.parametrize("spec", ["lm_attention.py", "lm_attention.py:large", "mla_rank.py",
+                                  "perceiver_latents.py"])
+@pytest.mark.parametrize("runlocal", [False, True])
+def test_shipped_sweeps_build_valid_models(spec, runlocal):
+  sweep = config_files.load(os.path.join(SWEEPS, spec))
+  for name, run in sweep_lib.expand(sweep).items():
+    assert _param_count(sweep_lib.make_config(sweep, run, runlocal)) > 0, name
