@@ -74,8 +74,8 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
   config.data.worker_count = 0  # Grain worker processes (0 = in the main process).
 
   config.train = ml_collections.ConfigDict()
-  config.train.batch_size = 32  # global batch (sequences), split over devices and hosts.
-  config.train.num_steps = 2000  # optimizer steps.
+  config.train.batch_size = 16  # global batch (sequences), split over devices and hosts.
+  config.train.num_steps = 1500  # optimizer steps (a few minutes on a laptop CPU).
   config.train.learning_rate = 2e-3  # peak AdamW learning rate.
   config.train.end_learning_rate = 2e-4  # cosine decay floor.
   config.train.warmup_steps = 100  # linear warm-up from 0.

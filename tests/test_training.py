@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from latent_attention.training import config_files, metrics as metrics_lib
+from latent_attention.training import config_files, loop, metrics as metrics_lib
 from latent_attention.training.evaluate import evaluate_workdir, restore_experiment
 from latent_attention.training.loop import NonFiniteLossError, train_and_evaluate
 
@@ -51,10 +51,20 @@ def test_train_then_eval_reproduces_final_loss(tmp_path):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, monkeypatch):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train_and_evaluate(runlocal(num_steps=20), straight)
-  train_and_evaluate(runlocal(num_steps=10), resumed)
+  log_train = loop._log_train
+
+  def crash_at_15(writer, step, *args):
+    if step == 15:
+      raise RuntimeError("simulated crash")
+    return log_train(writer, step, *args)
+
+  monkeypatch.setattr(loop, "_log_train", crash_at_15)
+  with pytest.raises(RuntimeError, match="simulated crash"):  # after the step-10 checkpoint.
+    train_and_evaluate(runlocal(num_steps=20), resumed)
+  monkeypatch.setattr(loop, "_log_train", log_train)
   train_and_evaluate(runlocal(num_steps=20), resumed)
   assert train_losses(straight) == train_losses(resumed)
   _, p_straight, _ = restore_experiment(straight)

@@ -166,51 +166,54 @@ def train_and_evaluate(config, workdir: str) -> dict:
   n_params = state_lib.param_count(state.params)
   logging.info("Model %s/%s: %s parameters", config.model.name,
                config.model.get("attention", {}).get("kind", "-"), f"{n_params:,}")
-  result = {"interrupted": None}
-  with StopFlag() as stop, tqdm(total=tcfg.num_steps, initial=start, disable=None,
-                                 dynamic_ncols=True) as bar:
-    if batch is not None:
-      compiled = exp.train_step.lower(state, batch).compile()
-      flops = xla_flops(compiled) / tokens_per_step
-      logging.info("XLA FLOPs per token of the train step: %.4g", flops)
-      writer.write(start, "model", {"params": n_params, "train_flops_per_token": flops})
-    window, t0 = [], time.perf_counter()
-    for step in range(start, tcfg.num_steps):
-      state, m = compiled(state, batch)
-      window.append(m)
-      done = step + 1
-      if done < tcfg.num_steps:
-        batch = exp.to_global(next(data_iter))
-      if done % tcfg.log_every == 0 or done == tcfg.num_steps:
-        _check_finite(state, mngr)
-        logged = _log_train(writer, done, window, time.perf_counter() - t0, tokens_per_step,
-                            exp)
-        bar.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_s']:.0f}")
-        window, t0 = [], time.perf_counter()
-      bar.update(1)
-      if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.num_steps:
-        t_eval = time.perf_counter()
-        scores = evaluate(exp, state.params, config.data.eval_split)
-        writer.write(done, "eval", scores)
-        logging.info("step %d, %s: %s", done, config.data.eval_split, _fmt(scores))
-        t0 += time.perf_counter() - t_eval  # tokens/s counts training time only.
-      if stop.signal:
-        _check_finite(state, mngr)
-        checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
-        mngr.wait_until_finished()
-        logging.warning("%s received: saved step %d in %s; rerun to resume", stop.signal,
-                        done, workdir)
-        result["interrupted"] = stop.signal
-        break
-      # Explicit cadence: Orbax's default policy would also save step 1 of a fresh run.
-      if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.num_steps:
-        _check_finite(state, mngr)
-        checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
-  if not result["interrupted"]:
-    result = _finish(exp, mngr, writer, state, data_iter, metadata, workdir)
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
+  try:
+    result = {"interrupted": None}
+    with StopFlag() as stop, tqdm(total=tcfg.num_steps, initial=start, disable=None,
+                                   dynamic_ncols=True) as bar:
+      if batch is not None:
+        compiled = exp.train_step.lower(state, batch).compile()
+        flops = xla_flops(compiled) / tokens_per_step
+        logging.info("XLA FLOPs per token of the train step: %.4g", flops)
+        writer.write(start, "model", {"params": n_params, "train_flops_per_token": flops})
+      window, t0 = [], time.perf_counter()
+      for step in range(start, tcfg.num_steps):
+        state, m = compiled(state, batch)
+        window.append(m)
+        done = step + 1
+        if done % tcfg.log_every == 0 or done == tcfg.num_steps:
+          _check_finite(state, mngr)
+          logged = _log_train(writer, done, window, time.perf_counter() - t0, tokens_per_step,
+                              exp)
+          bar.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_s']:.0f}")
+          window, t0 = [], time.perf_counter()
+        bar.update(1)
+        if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.num_steps:
+          t_eval = time.perf_counter()
+          scores = evaluate(exp, state.params, config.data.eval_split)
+          writer.write(done, "eval", scores)
+          logging.info("step %d, %s: %s", done, config.data.eval_split, _fmt(scores))
+          t0 += time.perf_counter() - t_eval  # tokens/s counts training time only.
+        if stop.signal:
+          _check_finite(state, mngr)
+          checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
+          mngr.wait_until_finished()
+          logging.warning("%s received: saved step %d in %s; rerun to resume", stop.signal,
+                          done, workdir)
+          result["interrupted"] = stop.signal
+          break
+        # Explicit cadence: Orbax's default policy would also save step 1 of a fresh run.
+        if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.num_steps:
+          _check_finite(state, mngr)
+          checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
+        if done < tcfg.num_steps:  # after any save: a checkpoint's iterator is at batch `done`.
+          batch = exp.to_global(next(data_iter))
+    if not result["interrupted"]:
+      result = _finish(exp, mngr, writer, state, data_iter, metadata, workdir)
+  finally:
+    # Also on an exception: let in-flight async saves finish, so the last checkpoint survives.
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
   return result
 
 
