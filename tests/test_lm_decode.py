@@ -7,7 +7,7 @@ import pytest
 
 from latent_attention import kv_cache_bytes, kv_cache_formula_bytes
 from latent_attention.models import build_model
-from latent_attention.models.decoding import generate, init_cache
+from latent_attention.models.decoding import decode_chunks, generate, init_cache
 
 from conftest import tiny_lm_config
 
@@ -20,15 +20,8 @@ def _setup(cfg, b=2, t=10, seed=0):
 
 
 def _decode(model, params, tokens_BT, chunks, jit):
-  apply = jax.jit(model.apply, static_argnames=("decode", "mutable")) if jit else model.apply
-  cache = init_cache(model, tokens_BT.shape[0], tokens_BT.shape[1])
-  outs, start = [], 0
-  for size in chunks:
-    logits, mutated = apply({"params": params, "cache": cache},
-                            tokens_BT[:, start:start + size], decode=True, mutable=("cache",))
-    cache, start = mutated["cache"], start + size
-    outs.append(logits)
-  return jnp.concatenate(outs, axis=1), cache
+  apply = jax.jit(model.apply, static_argnames=("decode", "mutable")) if jit else None
+  return decode_chunks(model, params, tokens_BT, chunks, apply)
 
 
 @pytest.mark.parametrize("chunks,jit", [((1,) * 10, False), ((4, 1, 1, 3, 1), True)],

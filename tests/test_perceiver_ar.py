@@ -11,7 +11,7 @@ from flax import linen as nn
 from latent_attention import kv_cache_bytes, kv_cache_formula_bytes
 from latent_attention.config import default_section
 from latent_attention.models import PerceiverARConfig, build_model
-from latent_attention.models.decoding import generate, init_cache
+from latent_attention.models.decoding import decode_chunks, generate, init_cache
 
 M, T = 4, 10
 VARIANTS = [("gqa", (("num_kv_heads", 2),)), ("mla", (("mla_decode_mode", "absorbed"),))]
@@ -77,23 +77,12 @@ def test_causal_by_gradient():
     assert float(sensitivity_T[:T - M + i + 1].min()) > 0.0
 
 
-def _decode(model, params, tokens_BT, chunks, apply):
-  cache = init_cache(model, tokens_BT.shape[0], tokens_BT.shape[1])
-  outs, start = [], 0
-  for size in chunks:
-    logits, mutated = apply({"params": params, "cache": cache},
-                            tokens_BT[:, start:start + size], decode=True, mutable=("cache",))
-    cache, start = mutated["cache"], start + size
-    outs.append(logits)
-  return jnp.concatenate(outs, axis=1), cache
-
-
 @pytest.mark.parametrize("chunks", [(6, 1, 3), (3, 1, 3, 3)],
                          ids=["prefill_longer_than_M", "prefill_shorter_than_M"])
 def test_decode_matches_full_forward(variant, chunks):
   """Every decoded token is one more latent: prefill P, then k tokens = forward with M + k."""
   _, model, params, tokens_BT, apply = variant
-  decoded_BLV, cache = _decode(model, params, tokens_BT, chunks, apply)
+  decoded_BLV, cache = decode_chunks(model, params, tokens_BT, chunks, apply)
   num_latents = min(chunks[0], M) + sum(chunks[1:])
   assert decoded_BLV.shape[1] == num_latents
   full_BLV = apply({"params": params}, tokens_BT, num_latents=num_latents)

@@ -50,3 +50,20 @@ def generate(model, params, prompt_BT, rng, *, max_new_tokens: int, temperature:
   (_, last_B), toks_NB = jax.lax.scan(step, (mutated["cache"], first_B),
                                        jax.random.split(rng, max_new_tokens - 1))
   return jnp.concatenate([toks_NB.T, last_B[:, None]], axis=1)
+
+
+def decode_chunks(model: nn.Module, params, tokens_BT, chunks, apply=None):
+  """Feeds tokens_BT through the decode path in chunks of the given sizes (prefill, steps).
+
+  Returns the concatenated logits of every chunk and the final cache; `apply` defaults to
+  `model.apply` (pass a jitted one to test under jit).
+  """
+  apply = apply or model.apply
+  cache = init_cache(model, tokens_BT.shape[0], tokens_BT.shape[1])
+  outs, start = [], 0
+  for size in chunks:
+    logits, mutated = apply({"params": params, "cache": cache},
+                            tokens_BT[:, start:start + size], decode=True, mutable=("cache",))
+    cache, start = mutated["cache"], start + size
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1), cache
