@@ -93,8 +93,8 @@ class TransformerLM(nn.Module):
     for i in range(cfg.num_layers):
       x_BTD = Block(cfg, name=f"block_{i}")(x_BTD, pos_BT, mask_BTS, decode)
     x_BTD = nn.RMSNorm(dtype=dtype, name="final_norm")(x_BTD)
-    if cfg.tie_embeddings:
-      logits_BTV = embed.attend(x_BTD)
+    if cfg.tie_embeddings:  # On flattened rows, as in attention/projection.py.
+      logits_BTV = embed.attend(x_BTD.reshape(b * t, -1)).reshape(b, t, -1)
     else:
-      logits_BTV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, name="head")(x_BTD)
+      logits_BTV = projection.dense(x_BTD, cfg.vocab_size, name="head", dtype=dtype)
     return logits_BTV.astype(jnp.float32)
