@@ -50,6 +50,9 @@ def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
   config.data.eval_split = "validation"  # periodic and final evaluation.
   config.data.test_split = "test"  # also reported by eval.py.
   config.data.worker_count = 0  # Grain worker processes.
+  # Logits only at the scored query positions (the V = 8192 head is most of the step otherwise);
+  # Perceiver AR scores its last M positions instead.
+  config.data.scored_positions = not perceiver_ar
 
   config.train = base.train  # AdamW recipe of lm_shakespeare, with:
   config.train.update(batch_size=64, num_steps=3000, learning_rate=1e-3,

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from latent_attention.training import config_files, loop, metrics as metrics_lib
+from latent_attention.training import config_files, loop, metrics as metrics_lib, steps
 from latent_attention.training.evaluate import evaluate_workdir, restore_experiment
 from latent_attention.training.loop import NonFiniteLossError, train_and_evaluate
 
@@ -33,6 +33,22 @@ def train_losses(workdir):
 def _run(args, env=None, **kw):
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                         env={**os.environ, **(env or {})}, **kw)
+
+
+def test_scoring_only_at_positions_equals_full_scoring():
+  config = config_files.load(os.path.join(ROOT, "configs/lm_mqar.py:mla,runlocal"))
+  assert config.data.scored_positions
+  exp = loop.setup(config)
+  batch = next(iter(exp.dataset.eval_batches("validation", 8)))
+  assert batch["positions"].shape == (8, config.data.num_kv_pairs)
+  full = {k: v for k, v in batch.items() if k != "positions"}
+  params = exp.init_state(jax.random.key(0)).params
+  loss = lambda p, b: steps.sums(p, b, exp.model)["nll"]
+  for a, b in zip(steps.sums(params, batch, exp.model).values(),
+                  steps.sums(params, full, exp.model).values()):
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               jax.grad(loss)(params, batch), jax.grad(loss)(params, full))
 
 
 def test_train_then_eval_reproduces_final_loss(tmp_path):

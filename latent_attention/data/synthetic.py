@@ -5,7 +5,8 @@ starts with `num_kv_pairs` key-value pairs (keys from the lower half of the voca
 from the upper half), then the keys are queried again at random later positions and the model
 must emit the paired value right there. Only the query positions are scored, so accuracy is
 recall accuracy. `copy`: random tokens, a separator, then the same tokens again; only the copy
-is scored. Example i is a pure function of (seed, split, i), so the sources are random access
+is scored. With `scored_positions`, examples also carry `positions`, the indices of the scored
+positions (a fixed number per task), so the LM computes its vocabulary-sized head only there. Example i is a pure function of (seed, split, i), so the sources are random access
 and deterministic like the TFDS ones.
 """
 
@@ -15,6 +16,13 @@ import numpy as np
 from latent_attention.data import sources
 
 _SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+
+
+def _example(cfg, seq, weights, scored):
+  ex = {"inputs": seq[:-1], "targets": seq[1:], "weights": weights}
+  if cfg.get("scored_positions", False):
+    ex["positions"] = scored.astype(np.int32)
+  return ex
 
 
 class MqarSource(grain.RandomAccessDataSource):
@@ -48,7 +56,7 @@ class MqarSource(grain.RandomAccessDataSource):
     seq[slots], seq[slots + 1] = keys[order], values[order]
     weights = np.zeros(t, np.float32)
     weights[slots] = 1
-    return {"inputs": seq[:-1], "targets": seq[1:], "weights": weights}
+    return _example(self.cfg, seq, weights, np.sort(slots))
 
 
 class CopySource(grain.RandomAccessDataSource):
@@ -72,7 +80,7 @@ class CopySource(grain.RandomAccessDataSource):
     seq[:half], seq[half + 1:2 * half + 1] = body, body
     weights = np.zeros(t, np.float32)
     weights[half:2 * half] = 1
-    return {"inputs": seq[:-1], "targets": seq[1:], "weights": weights}
+    return _example(self.cfg, seq, weights, np.arange(half, 2 * half))
 
 
 class Synthetic:

@@ -67,11 +67,13 @@ class TransformerLM(nn.Module):
             * seq_len * batch)
 
   @nn.compact
-  def __call__(self, tokens_BT, *, decode=False, padding_mask_BT=None):
+  def __call__(self, tokens_BT, *, decode=False, padding_mask_BT=None, positions_BP=None):
     """Full causal forward, or (decode=True) the next chunk after what the cache holds.
 
     padding_mask_BT (True = real token) masks padded keys in the full forward pass; decoding
-    assumes unpadded rows that all sit at the same position.
+    assumes unpadded rows that all sit at the same position. positions_BP (int [B, P]) returns
+    logits [B, P, V] at those positions only: a loss that scores few positions (MQAR) then skips
+    the vocabulary-sized head, which dominates the step at V = 8192, everywhere else.
     """
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
@@ -92,6 +94,9 @@ class TransformerLM(nn.Module):
     x_BTD = embed(tokens_BT)
     for i in range(cfg.num_layers):
       x_BTD = Block(cfg, name=f"block_{i}")(x_BTD, pos_BT, mask_BTS, decode)
+    if positions_BP is not None:
+      x_BTD = jnp.take_along_axis(x_BTD, positions_BP[..., None], axis=1)
+      t = positions_BP.shape[1]
     x_BTD = nn.RMSNorm(dtype=dtype, name="final_norm")(x_BTD)
     if cfg.tie_embeddings:  # On flattened rows, as in attention/projection.py.
       logits_BTV = embed.attend(x_BTD.reshape(b * t, -1)).reshape(b, t, -1)

@@ -58,8 +58,11 @@ class PerceiverAR(nn.Module):
             * seq_len * batch)
 
   @nn.compact
-  def __call__(self, tokens_BT, *, decode=False, num_latents=None):
+  def __call__(self, tokens_BT, *, decode=False, num_latents=None, positions_BP=None):
     """Logits of the last min(num_latents or M, T) positions (see the module docstring)."""
+    if positions_BP is not None:
+      raise ValueError("data.scored_positions=True is invalid for model.name='perceiver_ar': it "
+                       "scores its last M positions; set data.scored_positions=False")
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     b, t = tokens_BT.shape

@@ -16,9 +16,18 @@ def _align(logits, batch):
 
 
 def sums(params, batch, model):
-  """Weighted sums of NLL and of correct argmax predictions, and the weight total."""
-  logits = model.apply({"params": params}, batch["inputs"])
-  targets, weights = _align(logits, batch)
+  """Weighted sums of NLL and of correct argmax predictions, and the weight total.
+
+  A batch with `positions` (synthetic tasks with data.scored_positions) is scored only there:
+  the model computes logits at those positions alone.
+  """
+  if "positions" in batch:
+    logits = model.apply({"params": params}, batch["inputs"], positions_BP=batch["positions"])
+    targets, weights = (jnp.take_along_axis(batch[k], batch["positions"], axis=1)
+                        for k in ("targets", "weights"))
+  else:
+    logits = model.apply({"params": params}, batch["inputs"])
+    targets, weights = _align(logits, batch)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return {"nll": jnp.sum(nll * weights), "correct": jnp.sum(correct * weights),
