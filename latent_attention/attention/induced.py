@@ -19,7 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from latent_attention.attention import AttentionConfig, make_attention
+from latent_attention.attention import AttentionConfig, make_attention, projection
 
 NORMS = ("pre", "post")
 
@@ -49,7 +49,6 @@ class AttentionBlock(nn.Module):
     if self.norm not in NORMS:
       raise ValueError(f"model.norm={self.norm!r} is invalid: choose one of {', '.join(NORMS)}")
     layer_norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
-    dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype)
     attn = make_attention(self.cfg, self.d_model, self.dtype, name="attn")
     if self.norm == "pre" and kv_BSD is not None:
       kv_BSD = layer_norm(name="kv_norm")(kv_BSD)
@@ -57,8 +56,8 @@ class AttentionBlock(nn.Module):
                       layer_norm(name="attn_norm"))
 
     def mlp(h_BTD):
-      h_BTF = nn.gelu(dense(self.mlp_dim, name="mlp_up")(h_BTD))
-      return dense(self.d_model, name="mlp_down")(h_BTF)
+      h_BTF = nn.gelu(projection.dense(h_BTD, self.mlp_dim, name="mlp_up", dtype=self.dtype))
+      return projection.dense(h_BTF, self.d_model, name="mlp_down", dtype=self.dtype)
 
     return _residual(self.norm, x_BTD, mlp, layer_norm(name="mlp_norm"))
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from latent_attention.attention import AttentionConfig
+from latent_attention.attention import AttentionConfig, projection
 from latent_attention.attention.induced import NORMS, AttentionBlock, InducedSetAttention
 from latent_attention.config import check_fields
 from latent_attention.models.lm import DTYPES
@@ -120,7 +120,7 @@ class Perceiver(nn.Module):
     b = images_BHWC.shape[0]
     x_BSE = pixel_inputs(images_BHWC, cfg.fourier_bands, cfg.max_resolution,
                          use_position_features)
-    x_BSD = nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, name="input_proj")(x_BSE)
+    x_BSD = projection.dense(x_BSE, cfg.d_model, name="input_proj", dtype=dtype)
     if cfg.encoder == "latent":
       latents_MD = self.param("latents", _init, (cfg.num_latents, cfg.d_model))
       z_BMD = jnp.broadcast_to(latents_MD.astype(dtype), (b, *latents_MD.shape))
