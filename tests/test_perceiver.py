@@ -61,13 +61,15 @@ def _setup(cross=(), attention=(), **overrides):
   return model, _numpy_init(model, images), images, apply
 
 
-@pytest.mark.parametrize("encoder,decoder,norm", [
-    ("latent", "query", "pre"), ("latent", "mean", "post"),
-    ("induced", "query", "post"), ("induced", "mean", "pre")])
-def test_logits_shape(encoder, decoder, norm):
-  _, params, images, apply = _setup(encoder=encoder, decoder=decoder, norm=norm)
+@pytest.mark.parametrize("encoder,decoder,norm,input_dim", [
+    ("latent", "query", "pre", 0), ("latent", "mean", "post", 0), ("latent", "query", "pre", 8),
+    ("induced", "query", "post", 0), ("induced", "mean", "pre", 16)])
+def test_logits_shape(encoder, decoder, norm, input_dim):
+  _, params, images, apply = _setup(encoder=encoder, decoder=decoder, norm=norm,
+                                    input_dim=input_dim)
   logits = apply({"params": params}, images)
   assert logits.shape == (3, 4) and bool(jnp.isfinite(logits).all())
+  assert params["input_proj"]["kernel"].shape[-1] == (input_dim or 16)
 
 
 def test_uint8_pixels_are_mapped_to_plus_minus_one():
@@ -195,6 +197,9 @@ def test_attention_map_png(tmp_path):
     ({"encoder": "conv"}, "model.encoder='conv' is invalid: choose one of latent, induced"),
     ({"num_blocks": 0}, "model.num_blocks=0 is invalid: must be a positive integer"),
     ({"fourier_bands": -1}, "model.fourier_bands=-1 is invalid: must be a non-negative"),
+    ({"encoder": "induced", "input_dim": 8},
+     "model.input_dim=8 is invalid for encoder='induced': its blocks keep the input width, so "
+     "use 0 or d_model=16"),
 ])
 def test_bad_config_errors(overrides, message):
   with pytest.raises(ValueError) as err:

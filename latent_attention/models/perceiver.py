@@ -13,7 +13,8 @@ or the mean of the latents gives the logits. encoder='induced' replaces the late
 `num_blocks` Set Transformer ISABs (seed 002), which keep one vector per pixel.
 
 Here images are [B, H, W, C] (H, W, C: image height, width, channels) and E is the input features
-per pixel (channels + position features); other letters as in `latent_attention`.
+per pixel (channels + position features), I the width they are projected to (input_dim); other
+letters as in `latent_attention`.
 """
 
 import dataclasses
@@ -38,7 +39,11 @@ class PerceiverConfig:
 
   name: str = "perceiver"  # model family; see models.build_model.
   num_classes: int = 10
-  d_model: int = 128  # D, width of the latents and of the projected input.
+  d_model: int = 128  # D, width of the latents.
+  # Width of the projected pixels, the keys/values' input (the Perceiver's C); 0 = d_model. A
+  # narrow input makes the per-pixel work (projection, LayerNorm, K/V) cheap while the latents
+  # stay wide. encoder='induced' keeps one vector per pixel of width D, so it needs 0 or D.
+  input_dim: int = 0
   num_latents: int = 64  # M, latents (ISAB inducing points for encoder='induced').
   num_blocks: int = 2  # R, repeats of cross-attend + self-attends (ISAB layers if 'induced').
   num_self_attends: int = 2  # latent self-attention blocks per repeat.
@@ -58,9 +63,12 @@ class PerceiverConfig:
     check_fields(self, "model",
                  positive=("num_classes", "d_model", "num_latents", "num_blocks", "mlp_dim",
                            "max_resolution"),
-                 non_negative=("num_self_attends", "fourier_bands"),
+                 non_negative=("num_self_attends", "fourier_bands", "input_dim"),
                  choices={"norm": NORMS, "decoder": DECODERS, "encoder": ENCODERS,
                           "dtype": tuple(DTYPES)})
+    if self.encoder == "induced" and self.input_dim not in (0, self.d_model):
+      raise ValueError(f"model.input_dim={self.input_dim} is invalid for encoder='induced': "
+                       f"its blocks keep the input width, so use 0 or d_model={self.d_model}")
 
 
 def fourier_features(height: int, width: int, num_bands: int, max_resolution: int):
@@ -98,11 +106,11 @@ class PerceiverBlock(nn.Module):
   cfg: PerceiverConfig
 
   @nn.compact
-  def __call__(self, z_BMD, x_BSD):
+  def __call__(self, z_BMD, x_BSI):
     cfg = self.cfg
     block = dict(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, norm=cfg.norm,
                  dtype=DTYPES[cfg.dtype])
-    z_BMD = AttentionBlock(cfg.cross_attention, name="cross", **block)(z_BMD, x_BSD)
+    z_BMD = AttentionBlock(cfg.cross_attention, name="cross", **block)(z_BMD, x_BSI)
     for i in range(cfg.num_self_attends):
       z_BMD = AttentionBlock(cfg.attention, name=f"self_{i}", **block)(z_BMD)
     return z_BMD
@@ -120,17 +128,17 @@ class Perceiver(nn.Module):
     b = images_BHWC.shape[0]
     x_BSE = pixel_inputs(images_BHWC, cfg.fourier_bands, cfg.max_resolution,
                          use_position_features)
-    x_BSD = projection.dense(x_BSE, cfg.d_model, name="input_proj", dtype=dtype)
+    x_BSI = projection.dense(x_BSE, cfg.input_dim or cfg.d_model, name="input_proj", dtype=dtype)
     if cfg.encoder == "latent":
       latents_MD = self.param("latents", _init, (cfg.num_latents, cfg.d_model))
       z_BMD = jnp.broadcast_to(latents_MD.astype(dtype), (b, *latents_MD.shape))
-      z_BMD = PerceiverBlock(cfg, name="block_0")(z_BMD, x_BSD)
+      z_BMD = PerceiverBlock(cfg, name="block_0")(z_BMD, x_BSI)
       if cfg.num_blocks > 1:
         shared = PerceiverBlock(cfg, name="block_shared")  # One module called R-1 times.
         for _ in range(cfg.num_blocks - 1):
-          z_BMD = shared(z_BMD, x_BSD)
+          z_BMD = shared(z_BMD, x_BSI)
     else:
-      z_BMD = x_BSD  # ISAB keeps one vector per pixel: the decoder reads S vectors, not M.
+      z_BMD = x_BSI  # ISAB keeps one vector per pixel: the decoder reads S vectors, not M.
       for i in range(cfg.num_blocks):
         z_BMD = InducedSetAttention(cfg.attention, cfg.d_model, cfg.num_latents, cfg.mlp_dim,
                                     cfg.norm, dtype, name=f"isab_{i}")(z_BMD)
