@@ -54,8 +54,10 @@ def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
   # Perceiver AR scores its last M positions instead.
   config.data.scored_positions = not perceiver_ar
 
-  config.train = base.train  # AdamW recipe of lm_shakespeare, with:
-  config.train.update(batch_size=64, num_steps=3000, learning_rate=1e-3,
+  # AdamW recipe of lm_shakespeare, with a higher rate: at 1e-3 mha had 6.5% recall after 750
+  # steps at T=128; at 3e-3 it passes 40% by then at T=64.
+  config.train = base.train
+  config.train.update(batch_size=64, num_steps=3000, learning_rate=3e-3,
                       end_learning_rate=1e-4, warmup_steps=200, weight_decay=0.1,
                       eval_every=500, eval_batch_size=250, checkpoint_every=1000)
   config.eval = base.eval

@@ -146,6 +146,33 @@ def test_classifier_rows_report_accuracy_and_leave_lm_columns_blank(tmp_path):
   assert os.path.getsize(tmp_path / "accuracy.png") > 1000
 
 
+def test_recall_sweep_plots_accuracy_against_cache(tmp_path, monkeypatch):
+  rows = [{"name": name, "kind": kind, "sizes": "", "status": "ok", "eval_split": "validation",
+           "eval_loss": 1.0, "accuracy": acc, "perplexity": 2.7, "kv_bytes_per_token": kv,
+           "step_time_ms": 5.0, "tokens_per_s": 1e3, "decode_tokens_per_s": 1e2}
+          for name, kind, acc, kv in (("mha", "mha", 0.99, 1024), ("mla_c8", "mla", 0.4, 96),
+                                      ("mqa", "mqa", 0.9, 256))]
+  plotted = {}
+  monkeypatch.setattr(sweep_lib.plots, "quality_vs_cache",
+                      lambda rows, path, metric: plotted.update(metric=metric, rows=rows))
+  sweep_lib.write_results(rows, str(tmp_path), "mqar", quality="accuracy")
+  assert plotted["metric"] == "accuracy" and len(plotted["rows"]) == 3
+  assert "accuracy vs KV cache" in (tmp_path / "results.md").read_text()
+  with pytest.raises(ValueError, match="sweep quality='bits' is invalid: choose from "
+                     "perplexity, accuracy"):
+    sweep_lib.write_results(rows, str(tmp_path), "mqar", quality="bits")
+
+
+def test_pareto_front_follows_the_metric_direction(tmp_path):
+  points = [(300, 0.9), (100, 0.5), (200, 0.4), (200, 0.7)]
+  assert sweep_lib.plots.pareto_front(points, lower_is_better=False) == [
+      (100, 0.5), (200, 0.7), (300, 0.9)]
+  assert sweep_lib.plots.pareto_front(points, lower_is_better=True) == [(100, 0.5), (200, 0.4)]
+  rows = [{"name": str(x), "kv_bytes_per_token": x, "accuracy": y} for x, y in points]
+  sweep_lib.plots.quality_vs_cache(rows, str(tmp_path / "p.png"), "accuracy")
+  assert os.path.getsize(tmp_path / "p.png") > 1000
+
+
 def _param_count(config):
   model = build_model(config.model)
   if config.model.name == "perceiver":

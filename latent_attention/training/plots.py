@@ -1,4 +1,4 @@
-"""Sweep figures (PNG): perplexity vs KV cache, eval-loss curves, accuracy and speed bars.
+"""Sweep figures (PNG): perplexity or accuracy vs KV cache, eval-loss curves, accuracy and speed bars.
 
 Built on `matplotlib.figure.Figure` (Agg canvas), so they never touch pyplot's global state or a
 display. Each takes the table rows of finished runs (see `training.sweep`).
@@ -9,26 +9,33 @@ from matplotlib.figure import Figure
 DPI = 120
 
 
-def perplexity_vs_cache(rows, path: str) -> None:
-  """Perplexity vs KV-cache bytes per token (log x), points labelled, the Pareto front dashed."""
-  points = sorted((r["kv_bytes_per_token"], r["perplexity"], r["name"]) for r in rows)
+def pareto_front(points, lower_is_better=True):
+  """The (cost, quality) points that no point of smaller or equal cost beats, by cost."""
+  front, best = [], float("inf")
+  for x, y in sorted(points):
+    score = y if lower_is_better else -y
+    if score < best:
+      front.append((x, y))
+      best = score
+  return front
+
+
+def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
+  """`metric` (perplexity: lower is better; accuracy: higher) vs KV-cache bytes per token (log
+  x), points labelled, the Pareto front dashed."""
+  points = sorted((r["kv_bytes_per_token"], r[metric], r["name"]) for r in rows)
   fig = Figure(figsize=(7, 5), layout="constrained")
   ax = fig.subplots()
   ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], zorder=3)
   for x, y, name in points:
     ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
-  # A run is on the front when no run with a smaller (or equal) cache has a lower perplexity.
-  front, best = [], float("inf")
-  for x, y, _ in points:
-    if y < best:
-      front.append((x, y))
-      best = y
+  front = pareto_front([(x, y) for x, y, _ in points], lower_is_better=metric == "perplexity")
   ax.plot([x for x, _ in front], [y for _, y in front], "--", color="gray", zorder=2,
           label="Pareto front")
   ax.set_xscale("log")
   ax.margins(x=0.15)  # room for the labels of the outermost points.
   ax.set_xlabel("KV-cache bytes per token (measured, all layers)")
-  ax.set_ylabel("perplexity (eval split)")
+  ax.set_ylabel(f"{metric} (eval split)")
   ax.set_title("Quality vs KV cache")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()

@@ -13,6 +13,8 @@ A sweep file (configs/sweeps/*.py) has `get_config(arg)` returning a ConfigDict 
                       after the keys' last parts and the values (e.g. kv_lora_rank16).
   benchmark           steps and warmup of the train-step timing (`benchmarking.benchmark`;
                       default 50 and 5).
+  quality             the y axis of the LM runs' KV-cache plot: perplexity (default) or
+                      accuracy (recall tasks such as MQAR).
 
 Mappings with dotted keys are built as `ml_collections.ConfigDict(..., allow_dotted_keys=True)`.
 
@@ -42,6 +44,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 # --runlocal is a smoke test: its timings mean nothing, so time few steps.
 RUNLOCAL_BENCHMARK = {"steps": 3, "warmup": 1}
 RESULT, ERROR = "result.json", "error.txt"
+QUALITIES = ("perplexity", "accuracy")
+
+
+def _check_quality(quality):
+  if quality not in QUALITIES:
+    raise ValueError(f"sweep quality={quality!r} is invalid: choose from {', '.join(QUALITIES)}")
 
 # (row key = results.csv column, results.md header, format). Units are in the names.
 COLUMNS = (
@@ -123,6 +131,8 @@ def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
               only: list[str] | None = None) -> Outcome:
   """Runs the sweep's runs (or those named in `only`), then writes the table and the plots."""
   sweep = config_files.load(sweep_spec)
+  quality = sweep.get("quality") or "perplexity"
+  _check_quality(quality)
   runs = expand(sweep)
   unknown = sorted(set(only or ()) - set(runs))
   if unknown:
@@ -146,7 +156,7 @@ def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
         break
   rows = [r for r in (_read(os.path.join(workdir, n, RESULT)) for n in runs) if r]
   title = sweep_spec + (" (runlocal)" if runlocal else "")
-  return Outcome(write_results(rows, workdir, title), interrupted)
+  return Outcome(write_results(rows, workdir, title, quality), interrupted)
 
 
 def _run(name, run, sweep, runlocal, run_dir, timing) -> str | None:
@@ -297,8 +307,12 @@ def _eval_curve(run_dir):
   return steps, [by_step[s] for s in steps]
 
 
-def write_results(rows, workdir: str, title: str) -> list[dict]:
-  """Writes results.csv, results.md and the plots; returns the rows in table order."""
+def write_results(rows, workdir: str, title: str, quality: str = "perplexity") -> list[dict]:
+  """Writes results.csv, results.md and the plots; returns the rows in table order.
+
+  quality: perplexity or accuracy, the y axis of the KV-cache plot of LM runs.
+  """
+  _check_quality(quality)
   rows = _sorted_rows(rows)
   keys = [k for k, _, _ in COLUMNS]
   tmp = os.path.join(workdir, "results.csv.tmp")
@@ -312,8 +326,8 @@ def write_results(rows, workdir: str, title: str) -> list[dict]:
   figures = []
   lm = [r for r in ok if r.get("perplexity") is not None and r.get("kv_bytes_per_token")]
   if lm:
-    figures.append(("perplexity vs KV cache", "pareto.png"))
-    plots.perplexity_vs_cache(lm, os.path.join(workdir, figures[-1][1]))
+    figures.append((f"{quality} vs KV cache", "pareto.png"))
+    plots.quality_vs_cache(lm, os.path.join(workdir, figures[-1][1]), quality)
   elif ok:
     figures.append(("accuracy", "accuracy.png"))
     plots.accuracy_bars(ok, os.path.join(workdir, figures[-1][1]))
