@@ -164,9 +164,9 @@ def test_recall_sweep_plots_accuracy_against_cache(tmp_path, monkeypatch):
 
 
 def test_pareto_front_follows_the_metric_direction(tmp_path):
-  points = [(300, 0.9), (100, 0.5), (200, 0.4), (200, 0.7)]
+  points = [(300, 0.9), (100, 0.5), (200, 0.6), (200, 0.7), (200, 0.4)]
   assert sweep_lib.plots.pareto_front(points, lower_is_better=False) == [
-      (100, 0.5), (200, 0.7), (300, 0.9)]
+      (100, 0.5), (200, 0.7), (300, 0.9)]  # (200, 0.6) is beaten at equal cost.
   assert sweep_lib.plots.pareto_front(points, lower_is_better=True) == [(100, 0.5), (200, 0.4)]
   rows = [{"name": str(x), "kv_bytes_per_token": x, "accuracy": y} for x, y in points]
   sweep_lib.plots.quality_vs_cache(rows, str(tmp_path / "p.png"), "accuracy")

@@ -11,12 +11,12 @@ DPI = 120
 
 def pareto_front(points, lower_is_better=True):
   """The (cost, quality) points that no point of smaller or equal cost beats, by cost."""
+  sign = 1 if lower_is_better else -1
   front, best = [], float("inf")
-  for x, y in sorted(points):
-    score = y if lower_is_better else -y
-    if score < best:
+  for x, y in sorted(points, key=lambda p: (p[0], sign * p[1])):  # Equal cost: best first.
+    if sign * y < best:
       front.append((x, y))
-      best = score
+      best = sign * y
   return front
 
 
