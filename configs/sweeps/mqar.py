@@ -13,7 +13,7 @@ Expectation to check, not to force: full attention solves the task, tight bottle
 d_c, few latents, few kept heads) lose recall as the number of key-value pairs grows.
 
 Sizes (the argument): default = (T, pairs) = (64, 4) at d_model 64, 8 runs of 3000 steps
-(about 45 minutes on 2 CPU cores); `t128` = (128, 8) at d_model 64 (twice that); `full` =
+(about 50 minutes on 2 CPU cores); `t128` = (128, 8) at d_model 64 (twice that); `full` =
 Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 48 runs (GPU-sized).
 """
 
