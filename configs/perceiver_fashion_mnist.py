@@ -55,7 +55,7 @@ def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 64  # global batch (images).
-  config.train.num_steps = 4500  # optimizer steps (4.8 epochs; ~20 min on 2 CPU cores).
+  config.train.num_steps = 4500  # optimizer steps (4.8 epochs; 19.4 min, 86.9% on 2 CPU cores).
   config.train.learning_rate = 1e-3  # peak AdamW learning rate.
   config.train.end_learning_rate = 1e-5  # cosine decay floor.
   config.train.warmup_steps = 200  # linear warm-up from 0.
