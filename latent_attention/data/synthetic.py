@@ -6,8 +6,9 @@ from the upper half), then the keys are queried again at random later positions 
 must emit the paired value right there. Only the query positions are scored, so accuracy is
 recall accuracy. `copy`: random tokens, a separator, then the same tokens again; only the copy
 is scored. With `scored_positions`, examples also carry `positions`, the indices of the scored
-positions (a fixed number per task), so the LM computes its vocabulary-sized head only there. Example i is a pure function of (seed, split, i), so the sources are random access
-and deterministic like the TFDS ones.
+positions (a fixed number per task), so the LM computes its vocabulary-sized head only there.
+Example i is a pure function of (seed, split, i), so the sources are random access and
+deterministic like the TFDS ones.
 """
 
 import grain.python as grain

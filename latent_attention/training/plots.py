@@ -1,4 +1,5 @@
-"""Sweep figures (PNG): perplexity or accuracy vs KV cache, eval-loss curves, accuracy and speed bars.
+"""Sweep figures (PNG): perplexity or accuracy vs KV cache, eval-loss curves, accuracy and speed
+bars.
 
 Built on `matplotlib.figure.Figure` (Agg canvas), so they never touch pyplot's global state or a
 display. Each takes the table rows of finished runs (see `training.sweep`).

@@ -8,8 +8,12 @@ from latent_attention.training.state import TrainState
 
 
 def _align(logits, batch):
-  """Targets and weights for the positions the model scored (Perceiver AR: the last M)."""
+  """Targets and weights for the positions the model scored (Perceiver AR: the last M; a batch
+  with `positions`: those)."""
   targets, weights = batch["targets"], batch["weights"]
+  if "positions" in batch:
+    return (jnp.take_along_axis(targets, batch["positions"], axis=1),
+            jnp.take_along_axis(weights, batch["positions"], axis=1))
   if logits.ndim == 3 and logits.shape[1] != targets.shape[1]:
     targets, weights = targets[:, -logits.shape[1]:], weights[:, -logits.shape[1]:]
   return targets, weights
@@ -21,13 +25,9 @@ def sums(params, batch, model):
   A batch with `positions` (synthetic tasks with data.scored_positions) is scored only there:
   the model computes logits at those positions alone.
   """
-  if "positions" in batch:
-    logits = model.apply({"params": params}, batch["inputs"], positions_BP=batch["positions"])
-    targets, weights = (jnp.take_along_axis(batch[k], batch["positions"], axis=1)
-                        for k in ("targets", "weights"))
-  else:
-    logits = model.apply({"params": params}, batch["inputs"])
-    targets, weights = _align(logits, batch)
+  scored = {"positions_BP": batch["positions"]} if "positions" in batch else {}
+  logits = model.apply({"params": params}, batch["inputs"], **scored)
+  targets, weights = _align(logits, batch)
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return {"nll": jnp.sum(nll * weights), "correct": jnp.sum(correct * weights),
