@@ -9,13 +9,14 @@ measured KV-cache bytes next to the formula, decode tokens/s and a sample; write
 
 import json
 
-from absl import app, flags, logging
+from absl import flags
 
-from latent_attention.training import checkpoint, metrics
+from latent_attention import cli
 from latent_attention.training.evaluate import evaluate_workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default: latest).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default: latest).",
+                             lower_bound=0)
 _PLOT = flags.DEFINE_bool("plot_attention", False,
                           "Perceiver classifiers: write <workdir>/attention_maps.png, the "
                           "cross-attention maps of a few latents over test images.")
@@ -23,14 +24,8 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  metrics.quiet_library_logs()
-  try:
-    results = evaluate_workdir(_WORKDIR.value, _STEP.value, plot_attention=_PLOT.value)
-  except (checkpoint.WorkdirError, ValueError) as e:
-    raise SystemExit(f"eval.py: {e}") from None
+  del argv
+  results = evaluate_workdir(_WORKDIR.value, _STEP.value, plot_attention=_PLOT.value)
   sample = results.pop("sample", None)
   print(json.dumps(results, indent=2))
   if sample:
@@ -38,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -2,12 +2,15 @@ r"""Trains a model from a config file, resuming from the workdir's latest checkp
 
   python train.py --config=configs/lm_shakespeare.py:mla --workdir=/tmp/lm_mla \
       --config.train.num_steps=500
+
+A user error (bad flag, config, workdir, missing dataset) ends with one line on stderr;
+--traceback shows the full traceback.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from latent_attention.training import metrics
+from latent_attention import cli
 from latent_attention.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -20,20 +23,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()
-  logging.set_verbosity(logging.INFO)
-  metrics.quiet_library_logs()
-  try:
-    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    raise SystemExit(f"train.py: {e}") from None
+  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get("sample"):
     print(result["sample"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

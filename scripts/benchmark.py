@@ -10,17 +10,22 @@ tokens/s of cached generation. Writes the numbers as JSON with --output.
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from latent_attention import cli
 from latent_attention.training.benchmarking import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
                                           lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after --warmup).")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (compilation included).")
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 = skip MFU).")
-_DECODE = flags.DEFINE_integer("decode_tokens", 128, "Tokens generated for decode speed.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after --warmup).",
+                             lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (compilation included).",
+                              lower_bound=0)
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 = skip MFU).",
+                          lower_bound=0.0)
+_DECODE = flags.DEFINE_integer("decode_tokens", 128, "Tokens generated for decode speed.",
+                              lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 flags.mark_flag_as_required("config")
 
@@ -36,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

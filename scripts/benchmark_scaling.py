@@ -5,7 +5,7 @@ r"""Time vs input length N: Perceiver latent encoder (fixed M) vs full self-atte
 
 Both encoders have the same width and attention kind, one layer each:
   perceiver  M learned latents cross-attend to the N inputs, then one latent self-attention
-             block (seed 000): O(N·M + M²);
+             block: O(N·M + M²);
   full       one self-attention block over the N inputs: O(N²).
 Each block is attention + GELU MLP with pre-norm residuals (`attention.induced.AttentionBlock`).
 For every N the script times the jitted forward and forward+backward (gradients w.r.t. params and
@@ -19,27 +19,34 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import linen as nn
 from matplotlib.figure import Figure
 
+from latent_attention import cli
 from latent_attention.attention import AttentionConfig
 from latent_attention.attention.induced import AttentionBlock
 from latent_attention.models.lm import DTYPES
 
-_MIN_LEN = flags.DEFINE_integer("min_len", 512, "Smallest input length N.")
-_MAX_LEN = flags.DEFINE_integer("max_len", 16384, "Largest input length N (lengths double).")
+_MIN_LEN = flags.DEFINE_integer("min_len", 512, "Smallest input length N.", lower_bound=1)
+_MAX_LEN = flags.DEFINE_integer("max_len", 16384, "Largest input length N (lengths double).",
+                               lower_bound=1)
 _MAX_FULL_LEN = flags.DEFINE_integer(
-    "max_full_len", 16384, "Skip full self-attention above this N (its N x N logits: memory).")
+    "max_full_len", 16384, "Skip full self-attention above this N (its N x N logits: memory).",
+    lower_bound=1)
 _FIT_MIN_LEN = flags.DEFINE_integer(
-    "fit_min_len", 0, "Fit the exponent on N >= this (0 = the larger half of the lengths).")
-_D_MODEL = flags.DEFINE_integer("d_model", 64, "Width D of both encoders.")
-_NUM_HEADS = flags.DEFINE_integer("num_heads", 2, "Attention heads (head dim = D / heads).")
-_NUM_LATENTS = flags.DEFINE_integer("num_latents", 128, "Perceiver latents M.")
-_KIND = flags.DEFINE_string("kind", "mha", "Attention kind of both encoders (mha|gqa|mqa|mla).")
-_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.")
+    "fit_min_len", 0, "Fit the exponent on N >= this (0 = the larger half of the lengths).",
+    lower_bound=0)
+_D_MODEL = flags.DEFINE_integer("d_model", 64, "Width D of both encoders.", lower_bound=1)
+_NUM_HEADS = flags.DEFINE_integer("num_heads", 2, "Attention heads (head dim = D / heads).",
+                                  lower_bound=1)
+_NUM_LATENTS = flags.DEFINE_integer("num_latents", 128, "Perceiver latents M.", lower_bound=1)
+_KIND = flags.DEFINE_enum("kind", "mha", ["mha", "gqa", "mqa", "mla"],
+                          "Attention kind of both encoders.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Batch size.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Compute dtype.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement (median).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement (median).",
+                               lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", "scaling.png", "Where the log-log plot goes.")
 
 
@@ -98,6 +105,11 @@ def main(argv):
   del argv
   dtype = DTYPES[_DTYPE.value]
   h = _NUM_HEADS.value
+  if _MAX_LEN.value < _MIN_LEN.value:
+    raise ValueError(f"--max_len={_MAX_LEN.value} is invalid: must be >= "
+                     f"--min_len={_MIN_LEN.value}")
+  if _D_MODEL.value % h:
+    raise ValueError(f"--num_heads={h} is invalid: must divide --d_model={_D_MODEL.value}")
   cfg = AttentionConfig(kind=_KIND.value, num_heads=h, num_kv_heads=h,
                         head_dim=_D_MODEL.value // h)
   encoders = {
@@ -140,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,9 +12,9 @@ SIGTERM or Ctrl-C stops the sweep cleanly (during training: after a checkpoint).
 status is 1 when a run failed. Sweep files are described in latent_attention/training/sweep.py.
 """
 
-from absl import app, flags, logging
+from absl import flags
 
-from latent_attention.training import metrics
+from latent_attention import cli
 from latent_attention.training.sweep import run_sweep
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file[:arg], e.g. configs/sweeps/mla_rank.py.")
@@ -27,14 +27,8 @@ flags.mark_flags_as_required(["sweep", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  metrics.quiet_library_logs()
-  try:
-    outcome = run_sweep(_SWEEP.value, _WORKDIR.value, _RUNLOCAL.value, _ONLY.value)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"sweep.py: {e}") from None
+  del argv
+  outcome = run_sweep(_SWEEP.value, _WORKDIR.value, _RUNLOCAL.value, _ONLY.value)
   with open(f"{_WORKDIR.value}/results.md") as f:
     print(f.read())
   failed = [r["name"] for r in outcome.rows if r["status"] != "ok"]
@@ -44,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,5 +1,6 @@
 """Loading `configs/*.py:arg` files outside absl flags (sweeps, tests, eval)."""
 
+import glob
 import importlib.util
 import os
 
@@ -9,8 +10,12 @@ import ml_collections
 def load(spec: str) -> ml_collections.ConfigDict:
   """`path/to/config.py[:arg]` -> get_config(arg), as `config_flags.DEFINE_config_file` does."""
   path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist")
+  if not os.path.isfile(path):
+    folder = os.path.dirname(path) or "."
+    siblings = sorted(glob.glob(os.path.join(folder, "*.py"))) if os.path.isdir(folder) else []
+    raise FileNotFoundError(f"config file {path!r} does not exist; "
+                            + (f"choose one of {', '.join(siblings)}" if siblings
+                               else f"there is no folder {folder!r}"))
   module_spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(module_spec)

@@ -1,0 +1,138 @@
+"""Command-line entry points: a user error is one line on stderr, a bug keeps its traceback.
+
+Every script calls `cli.run(main)` instead of `absl.app.run(main)`. A bad flag, config file,
+config argument, config field or workdir, a missing dataset or a non-finite loss then ends the
+process with `<script>: <what is wrong, and what is allowed>` and exit status 1; `--traceback`
+shows the full traceback instead. Other exceptions (bugs) propagate with their traceback.
+"""
+
+import difflib
+import os
+import sys
+
+import ml_collections
+from absl import app, flags, logging
+
+from latent_attention.training import config_files
+
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show the full traceback of a user error (bad flag, config, workdir, "
+    "data) instead of one line.")
+
+# Raised for bad input throughout the package (config validation, workdirs, data, NaN losses).
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
+
+
+def run(main, config_flag: str | None = None) -> None:
+  """`app.run(main)` with one-line user errors; `config_flag` names a config_flags flag."""
+  prog = os.path.basename(sys.argv[0])
+
+  def fail(message):
+    sys.exit(f"{prog}: {message}")
+
+  def parse(argv):
+    try:
+      rest = flags.FLAGS(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      if "--traceback" in argv:
+        raise
+      fail(explain_flags(argv, config_flag) or one_line(e))
+    if config_flag and not isinstance(flags.FLAGS[config_flag].value,
+                                      ml_collections.ConfigDict):
+      if _TRACEBACK.value:
+        flags.FLAGS[config_flag].value.lock()  # re-raises the deferred load error.
+      fail(explain_flags(argv, config_flag) or f"--{config_flag} could not be loaded")
+    if len(rest) > 1:
+      fail(f"unexpected arguments: {' '.join(rest[1:])}; flags take the form --name=value "
+           f"(see {prog} --helpshort)")
+    return rest
+
+  def wrapped(argv):
+    logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      if _TRACEBACK.value:
+        raise
+      fail(one_line(e))
+
+  app.run(wrapped, flags_parser=parse)
+
+
+def explain_flags(argv, name: str | None) -> str | None:
+  """What is wrong with `--name=FILE[:ARG]` and its `--name.a.b=v` overrides, or None."""
+  if not name:
+    return None
+  spec = flag_value(argv, name)
+  if spec is None:
+    return None
+  try:
+    config = config_files.load(spec)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"--{name}={spec}: {one_line(e)}"
+  for key in override_keys(argv, name):
+    problem = unknown_field(config, key)
+    if problem:
+      return f"--{name}.{key}: {problem}"
+  return None
+
+
+def flag_value(argv, name: str) -> str | None:
+  """The value of `--name=V` / `--name V` in argv (the last one wins), or None."""
+  value = None
+  for i, arg in enumerate(argv):
+    for prefix in (f"--{name}", f"-{name}"):
+      if arg.startswith(prefix + "="):
+        value = arg[len(prefix) + 1:]
+      elif arg == prefix and i + 1 < len(argv):
+        value = argv[i + 1]
+  return value
+
+
+def override_keys(argv, name: str) -> list[str]:
+  keys = []
+  for arg in argv:
+    for prefix in (f"--{name}.", f"-{name}."):
+      if arg.startswith(prefix):
+        keys.append(arg[len(prefix):].split("=", 1)[0])
+  return keys
+
+
+def unknown_field(config, dotted_key: str) -> str | None:
+  """Why `dotted_key` names no field of `config` (with the closest names), or None."""
+  section, where = config, "the config"
+  for part in dotted_key.split("."):
+    if not isinstance(section, (ml_collections.ConfigDict, dict)):
+      return f"{where} is a {type(section).__name__}, not a section with fields"
+    fields = sorted(section.keys())
+    if part not in fields:
+      close = difflib.get_close_matches(part, fields, n=1)
+      hint = f"did you mean {close[0]}? " if close else ""
+      return f"{where} has no field {part!r}; {hint}fields: {', '.join(fields)}"
+    section, where = section[part], (part if where == "the config" else f"{where}.{part}")
+  return None
+
+
+def quiet_library_logs() -> None:
+  """Drops library log lines a user cannot act on; their other warnings and errors still show.
+
+  Orbax logs every save (INFO) and warns that a reading manager is read only, TFDS logs every
+  dataset-info load and recommends OpenCV for image decoding, JAX logs its TPU probe at start-up.
+  """
+  import logging as py_logging  # absl's handler sits on the standard logging tree.
+  chatty = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
+  noise = ("Given directory is read only", "OpenCV is not installed")
+
+  class _Filter(py_logging.Filter):
+
+    def filter(self, record):
+      if record.levelno < py_logging.WARNING and any(p in record.pathname for p in chatty):
+        return False
+      return not any(n in str(record.msg) for n in noise)
+
+  logging.get_absl_handler().addFilter(_Filter())
