@@ -1,7 +1,9 @@
 """Orbax checkpoints: train state, Grain iterator state, config and dataset metadata together.
 
 Saves are asynchronous; a step directory appears only once complete (Orbax writes to a temporary
-directory and renames), so an interrupted save never corrupts the last good checkpoint.
+directory and renames), so an interrupted save never corrupts the last good checkpoint. A step
+damaged later (a truncated copy, a full disk) is detected on restore: training resumes from the
+newest readable step and moves the damaged ones aside (`set_aside`), never deleting them.
 """
 
 import json
@@ -15,7 +17,13 @@ from etils import epath
 ITEMS = ("state", "data", "config", "metadata")
 
 
+UNREADABLE = "checkpoints_unreadable"
+
+
 def manager(workdir: str, keep: int = 3, every: int = 0, read_only: bool = False):
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir={workdir} is a file, not a directory; give the run's "
+                             "directory (train.py creates it when missing)")
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                            save_interval_steps=0, max_to_keep=None)
@@ -46,6 +54,33 @@ def read_json(mngr, step: int) -> tuple[dict, dict]:
   out = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
                                                    metadata=ocp.args.JsonRestore()))
   return out["config"], out["metadata"]
+
+
+def param_metadata(workdir: str, step: int):
+  """Shapes and dtypes of the saved parameters (read from the checkpoint's metadata only)."""
+  path = epath.Path(os.path.abspath(workdir)) / "checkpoints" / str(step) / "state"
+  return ocp.StandardCheckpointHandler().metadata(path)["params"]
+
+
+def reason(error: BaseException, limit: int = 160) -> str:
+  """A one-line summary of why a checkpoint could not be read."""
+  text = " ".join(f"{type(error).__name__}: {error}".split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def set_aside(workdir: str, steps) -> list[str]:
+  """Moves unreadable step directories to <workdir>/checkpoints_unreadable/ (never deletes)."""
+  moved = []
+  for step in steps:
+    src = os.path.join(workdir, "checkpoints", str(step))
+    dst = os.path.join(workdir, UNREADABLE, str(step))
+    n = 1
+    while os.path.exists(dst):
+      dst, n = os.path.join(workdir, UNREADABLE, f"{step}.{n}"), n + 1
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(src, dst)
+    moved.append(dst)
+  return moved
 
 
 class WorkdirError(ValueError):

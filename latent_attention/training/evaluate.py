@@ -19,22 +19,31 @@ def restore_experiment(workdir: str, step: int | None = None):
   try:
     step = checkpoint.checked_step(workdir, mngr, step)
     try:
-      saved_config, metadata = checkpoint.read_json(mngr, step)
-    except Exception as e:
-      raise checkpoint.WorkdirError(
-          f"checkpoint {step} in {workdir} is unreadable or corrupt: {e}") from e
-    config = config_files.from_dict(saved_config)
-    exp = loop.setup(config, metadata)
-    abstract = checkpoint.replicated_abstract(
-        jax.eval_shape(exp.init_state, jax.random.key(0)), exp.replicated)
-    try:
-      state = checkpoint.restore(mngr, step, abstract)
-    except Exception as e:
-      raise checkpoint.WorkdirError(
-          f"checkpoint {step} in {workdir} is unreadable or corrupt: {e}") from e
+      exp, state = _restore(mngr, step)
+    except Exception as e:  # pylint: disable=broad-except
+      readable = []
+      for other in sorted(mngr.all_steps(), reverse=True):
+        try:
+          if other != step:
+            _restore(mngr, other)
+            readable.append(str(other))
+        except Exception:  # pylint: disable=broad-except
+          pass
+      others = (f"readable steps: {', '.join(readable)} (pass --step={readable[0]})"
+                if readable else "no other step is readable")
+      raise checkpoint.WorkdirError(f"checkpoint step {step} in {workdir} is unreadable "
+                                    f"({checkpoint.reason(e)}); {others}") from e
   finally:
     mngr.close()
   return exp, state.params, step
+
+
+def _restore(mngr, step: int):
+  saved_config, metadata = checkpoint.read_json(mngr, step)
+  exp = loop.setup(config_files.from_dict(saved_config), metadata)
+  abstract = checkpoint.replicated_abstract(
+      jax.eval_shape(exp.init_state, jax.random.key(0)), exp.replicated)
+  return exp, checkpoint.restore(mngr, step, abstract)
 
 
 def cache_report(exp, params, seq_len: int) -> dict:
@@ -67,12 +76,17 @@ def decode_speed(exp, params, prompt_len: int, new_tokens: int, repeats: int = 3
   return new_tokens / statistics.median(times)
 
 
+def check_plottable(exp) -> None:
+  from latent_attention.models import perceiver
+  if not isinstance(exp.model, perceiver.Perceiver) or exp.model.cfg.encoder != "latent":
+    encoder = f", encoder={exp.model.cfg.encoder!r}" if exp.config.model.name == "perceiver" else ""
+    raise ValueError("--plot_attention needs a Perceiver classifier with encoder='latent'; this "
+                     f"workdir holds model.name={exp.config.model.name!r}{encoder}")
+
+
 def plot_cross_attention(exp, params, path: str, num_images: int = 4) -> str:
   """PNG of the first cross-attention's maps of a few latents over test images (Perceiver)."""
   from latent_attention.models import perceiver, perceiver_plots  # matplotlib only here.
-  if not isinstance(exp.model, perceiver.Perceiver) or exp.model.cfg.encoder != "latent":
-    raise ValueError("--plot_attention needs a Perceiver classifier with encoder='latent', got "
-                     f"model.name={exp.config.model.name!r}")
   batch = next(iter(exp.dataset.eval_batches(exp.config.data.test_split, num_images)))
   maps = perceiver.cross_attention_maps(exp.model, params, jnp.asarray(batch["inputs"]))
   perceiver_plots.plot_attention_maps(batch["inputs"], maps, path, num_images=num_images)
@@ -84,12 +98,14 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
   """Evaluates a checkpoint on its eval and test splits; writes eval_results.json."""
   exp, params, step = restore_experiment(workdir, step)
   cfg = exp.config
+  if plot_attention:
+    check_plottable(exp)
   splits = splits or list(dict.fromkeys([cfg.data.eval_split, cfg.data.test_split]))
   results = {"workdir": os.path.abspath(workdir), "step": step,
              "attention": cfg.model.get("attention", {}).get("kind")}
   for split in splits:
+    logging.info("Evaluating %s on %s", workdir, split)
     results[split] = loop.evaluate(exp, params, split)
-    logging.info("%s: %s", split, results[split])
   if exp.dataset.task == "lm" and hasattr(exp.model, "cache_elements"):
     results.update(cache_report(exp, params, cfg.data.seq_len))
     results["decode_tokens_per_s"] = decode_speed(exp, params, cfg.data.seq_len // 2,

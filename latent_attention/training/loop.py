@@ -8,8 +8,8 @@ optimizer state are replicated, so the same code runs on one CPU, several GPUs o
 import dataclasses
 import functools
 import math
+import os
 import signal
-import time
 from typing import Any, Callable
 
 import jax
@@ -22,7 +22,8 @@ from tqdm import tqdm
 from latent_attention.data import CharLM, make_dataset
 from latent_attention.models import build_model
 from latent_attention.models.decoding import generate
-from latent_attention.training import checkpoint, metrics as metrics_lib, state as state_lib, steps
+from latent_attention.training import (checkpoint, metrics as metrics_lib, resume,
+                                       state as state_lib, steps)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -141,6 +142,49 @@ def xla_flops(compiled) -> float:
   return float((analysis or {}).get("flops", float("nan")))
 
 
+def _resume(config, workdir: str, mngr):
+  """(experiment, state, data iterator) from the newest readable checkpoint, or fresh ones.
+
+  A newer checkpoint that cannot be read is moved aside (with a warning naming it); when none is
+  readable the run stops, moving nothing. A checkpoint of another model or training stream is
+  refused by `resume.check_config`.
+  """
+  tcfg, unreadable = config.train, {}
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      saved_config, metadata = checkpoint.read_json(mngr, step)
+      saved_params = checkpoint.param_metadata(workdir, step)
+    except Exception as e:  # pylint: disable=broad-except
+      unreadable[step] = e
+      continue
+    exp = setup(config, metadata)
+    state = exp.init_state(jax.random.key(config.seed))
+    resume.check_config(saved_config, config, saved_params, state.params, step, workdir)
+    data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
+    try:
+      state = checkpoint.restore(
+          mngr, step, checkpoint.replicated_abstract(state, exp.replicated), data_iter)
+    except Exception as e:  # pylint: disable=broad-except
+      unreadable[step] = e
+      continue
+    if unreadable and jax.process_index() == 0:
+      moved = checkpoint.set_aside(workdir, unreadable)
+      mngr.reload()
+      for (bad, e), dst in zip(unreadable.items(), moved):
+        logging.warning("Checkpoint step %d is unreadable (%s); moved it to %s", bad,
+                        checkpoint.reason(e), dst)
+    logging.info("Resumed from %s at step %d", workdir, step)
+    return exp, state, data_iter
+  if unreadable:
+    raise checkpoint.WorkdirError(
+        f"--workdir={workdir} holds no readable checkpoint: " + "; ".join(
+            f"step {s} ({checkpoint.reason(e)})" for s, e in unreadable.items())
+        + f"; move {os.path.join(workdir, 'checkpoints')} away to start afresh")
+  exp = setup(config)
+  state = exp.init_state(jax.random.key(config.seed))
+  return exp, state, iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
@@ -149,20 +193,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   tcfg = config.train
   mngr = checkpoint.manager(workdir, tcfg.keep_checkpoints, tcfg.checkpoint_every)
-  latest = mngr.latest_step()
-  metadata = checkpoint.read_json(mngr, latest)[1] if latest is not None else None
-  exp = setup(config, metadata)
+  try:
+    exp, state, data_iter = _resume(config, workdir, mngr)
+  except BaseException:
+    mngr.close()
+    raise
   metadata = exp.dataset.metadata()
-  data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
-  state = exp.init_state(jax.random.key(config.seed))
-  if latest is not None:
-    abstract = checkpoint.replicated_abstract(state, exp.replicated)
-    state = checkpoint.restore(mngr, latest, abstract, data_iter)
-    logging.info("Resumed from %s at step %d", workdir, latest)
   start = int(state.step)
   writer = metrics_lib.MetricWriter(workdir)
   batch = exp.to_global(next(data_iter)) if start < tcfg.num_steps else None
-  tokens_per_step = tcfg.batch_size * exp.dataset.tokens_per_example()
+  progress = metrics_lib.Progress(start, tcfg.num_steps, tcfg.batch_size,
+                                  exp.dataset.tokens_per_example(), exp.dataset.task)
   n_params = state_lib.param_count(state.params)
   logging.info("Model %s/%s: %s parameters", config.model.name,
                config.model.get("attention", {}).get("kind", "-"), f"{n_params:,}")
@@ -172,27 +213,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    dynamic_ncols=True) as bar:
       if batch is not None:
         compiled = exp.train_step.lower(state, batch).compile()
-        flops = xla_flops(compiled) / tokens_per_step
+        flops = xla_flops(compiled) / progress.tokens_per_step
         logging.info("XLA FLOPs per token of the train step: %.4g", flops)
         writer.write(start, "model", {"params": n_params, "train_flops_per_token": flops})
-      window, t0 = [], time.perf_counter()
+      window = []
+      progress.start()
       for step in range(start, tcfg.num_steps):
         state, m = compiled(state, batch)
         window.append(m)
         done = step + 1
         if done % tcfg.log_every == 0 or done == tcfg.num_steps:
           _check_finite(state, mngr)
-          logged = _log_train(writer, done, window, time.perf_counter() - t0, tokens_per_step,
-                              exp)
-          bar.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tokens_per_s']:.0f}")
-          window, t0 = [], time.perf_counter()
+          logged = _log_train(writer, done, window, progress, exp)
+          bar.set_postfix_str(progress.postfix(logged["loss"]), refresh=False)
+          window = []
         bar.update(1)
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done < tcfg.num_steps:
-          t_eval = time.perf_counter()
-          scores = evaluate(exp, state.params, config.data.eval_split)
+          with progress.paused():  # throughput counts training time only.
+            scores = evaluate(exp, state.params, config.data.eval_split)
           writer.write(done, "eval", scores)
-          logging.info("step %d, %s: %s", done, config.data.eval_split, _fmt(scores))
-          t0 += time.perf_counter() - t_eval  # tokens/s counts training time only.
+          logging.info("step %d/%d, %s: %s", done, tcfg.num_steps, config.data.eval_split,
+                       _fmt(scores))
         if stop.signal:
           _check_finite(state, mngr)
           checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
@@ -227,18 +268,20 @@ def _check_finite(state, mngr):
 
 
 def _fmt(scores: dict) -> str:
-  return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+  return ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
+                   for k, v in scores.items())
 
 
-def _log_train(writer, step, window, seconds, tokens_per_step, exp):
+def _log_train(writer, step, window, progress, exp):
   m = jax.device_get(window)
   loss = float(np.mean([x["loss"] for x in m]))
   lr = float(state_lib.learning_rate_schedule(exp.config.train)(step))
   acc = sum(float(x["correct"]) for x in m) / max(sum(float(x["count"]) for x in m), 1.0)
+  rates = progress.update(step)
   out = {"loss": loss, "accuracy": acc, "grad_norm": float(m[-1]["grad_norm"]),
-         "learning_rate": lr, "tokens_per_s": len(m) * tokens_per_step / max(seconds, 1e-9)}
+         "learning_rate": lr, **rates}
   writer.write(step, "train", out)
-  logging.info("step %d: loss %.4f, %.0f tokens/s", step, loss, out["tokens_per_s"])
+  logging.info("%s", progress.line(step, loss))
   return out
 
 

@@ -61,9 +61,9 @@ def eval_step(params, batch, *, model):
 
 def summarize(totals: dict, task: str, bits_name: str = "bits_per_token") -> dict:
   """Loss, accuracy and (LM) perplexity and bits per token from summed eval metrics."""
-  count = max(float(totals["count"]), 1.0)
-  loss = float(totals["nll"]) / count
-  out = {"loss": loss, "accuracy": float(totals["correct"]) / count, "count": count}
+  count = int(round(float(totals["count"])))  # a sum of 0/1 weights: an integer.
+  loss = float(totals["nll"]) / max(count, 1)
+  out = {"loss": loss, "accuracy": float(totals["correct"]) / max(count, 1), "count": count}
   if task == "lm":
     out["perplexity"] = float(jnp.exp(loss))
     out[bits_name] = loss / float(jnp.log(2.0))

@@ -38,7 +38,7 @@ from typing import NamedTuple
 from absl import logging
 
 from latent_attention.training import (benchmarking, checkpoint, config_files, evaluate, loop,
-                                       metrics, plots)
+                                       metrics, plots, resume)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # --runlocal is a smoke test: its timings mean nothing, so time few steps.
@@ -206,16 +206,6 @@ def _read(path):
     return json.load(f)
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _check_resumable(run_dir, config_json):
   """Refuses to resume a checkpoint trained with another config: its numbers would mix both."""
   if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
@@ -228,12 +218,11 @@ def _check_resumable(run_dir, config_json):
     mngr.close()
   if saved is None:
     return
-  old, new = _flatten(_as_json(saved)), _flatten(config_json)
-  changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+  changed = resume.changes(saved, config_json)
   if changed:
-    k = changed[0]
+    k, (old, new) = next(iter(changed.items()))
     raise ValueError(f"{run_dir} holds a checkpoint (step {step}) trained with another config "
-                     f"({k}: {old.get(k)!r} -> {new.get(k)!r}); delete it to retrain this run")
+                     f"({k}: {old!r} -> {new!r}); delete it to retrain this run")
 
 
 def _describe(name, config) -> dict:
@@ -261,7 +250,7 @@ def _describe(name, config) -> dict:
 
 
 def _measured(config, run_dir, evaluated, timed, wall) -> dict:
-  """The measurements of a finished run (DESIGN.md, Measurements)."""
+  """The measurements of a finished run (docs/design.md, Measurements)."""
   split = config.data.eval_split
   ev = evaluated[split]
   model_lines = [m for m in metrics.read_metrics(run_dir) if m["split"] == "model"]
@@ -343,7 +332,7 @@ def write_results(rows, workdir: str, title: str, quality: str = "perplexity") -
   kv = (" KV bytes: the decode cache after prefilling data.seq_len tokens." if lm else "")
   lines = [f"# Sweep {title}", "",
            f"{len(ok)} of {len(rows)} runs finished. Eval split: {', '.join(splits) or '-'}.{kv} "
-           "Step time: median jitted train step after warm-up (DESIGN.md, Measurements).", "",
+           "Step time: median jitted train step after warm-up (docs/design.md, Measurements).", "",
            "| " + " | ".join(h for _, h, _ in shown) + " |",
            "|" + "---|" * len(shown)]
   for r in rows:
