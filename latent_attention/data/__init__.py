@@ -1,7 +1,7 @@
 """Input pipelines by `config.data.name`: TFDS (tfds.data_source + Grain) and synthetic."""
 
 from latent_attention.data.images import ImageClassification
-from latent_attention.data.sources import DatasetMissingError
+from latent_attention.data.prepare import DatasetMissingError
 from latent_attention.data.synthetic import Synthetic
 from latent_attention.data.text import CharLM, CharVocab
 

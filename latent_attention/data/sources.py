@@ -5,27 +5,18 @@ imported on the input path. Training loaders shuffle with a seeded `grain.IndexS
 by JAX process, so the stream is deterministic and its position is checkpointed with the model.
 """
 
-import os
-
 import grain.python as grain
 import jax
 import numpy as np
 
-
-class DatasetMissingError(FileNotFoundError):
-  """A TFDS dataset is not prepared in the data dir."""
+from latent_attention.data import prepare
 
 
 def tfds_source(name: str, split: str, data_dir=None):
-  """`tfds.data_source(name, split)` with a clear error when the dataset is not prepared."""
+  """`tfds.data_source(name, split)`, preparing the dataset first when it is missing."""
   import tensorflow_datasets as tfds  # heavy import, only for TFDS-backed datasets.
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-  if not tfds.builder(name, data_dir=data_dir).is_prepared():
-    raise DatasetMissingError(
-        f"TFDS dataset {name!r} is not prepared in data_dir={data_dir or '~/tensorflow_datasets'}"
-        f"; prepare it with `python scripts/prepare_data.py --datasets={name}` (add "
-        f"--manual_dir=DIR offline) or point TFDS_DATA_DIR at a prepared copy")
-  return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  builder = prepare.ensure_prepared(name, data_dir)
+  return tfds.data_source(name, split=split, data_dir=builder.data_dir_root, download=False)
 
 
 class WindowSource(grain.RandomAccessDataSource):
