@@ -1,18 +1,22 @@
-# Every target creates .venv from requirements.txt first when it is missing or stale.
+# Every target creates .venv from requirements.lock first when it is missing or stale.
+# requirements.txt holds the human-edited lower bounds; `make lock` pins them into
+# requirements.lock (uv pip compile, universal: every platform, Python >= 3.11).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/lm_shakespeare.py
 WORKDIR ?= workdirs/lm_shakespeare_mla
+# Parallel test workers: one per core (pytest-xdist); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 
-.PHONY: venv train test eval clean
+.PHONY: venv train test eval lock clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
@@ -20,12 +24,18 @@ train: venv  ## Train the default config (MLA on tiny_shakespeare), evaluate, pr
 	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 	$(PY) eval.py --workdir=$(WORKDIR)
 
-eval: venv
+eval: venv  ## Evaluate the latest checkpoint of $(WORKDIR) (eval_results.json there).
 	$(PY) eval.py --workdir=$(WORKDIR)
 
 test: venv  ## pytest's exit code 5 (no test collected) counts as a failure.
-	$(PY) -m pytest -q tests; rc=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lock: venv  ## Re-pin requirements.lock from requirements.txt (then `make venv` installs it).
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 \
+	  -o requirements.lock
+	rm -f $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache
