@@ -1,14 +1,72 @@
-"""Shared tiny configurations: every test runs in seconds on 2 CPU cores."""
+"""Shared tiny configurations and fixtures: every test runs in seconds on 2 CPU cores."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import pytest
+# JAX's persistent compilation cache, one per test run (before anything imports jax): the
+# pytest-xdist workers and the scripts the tests start share it, so a program compiled once
+# (the same tiny model in several tests, the same train step in a resumed run) loads from disk.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="latent_attention_jax_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The suite compiles a few thousand tiny programs, mostly eager ops. XLA:CPU's LLVM passes and
+# its fusion emitters are most of their compile time (measured: 7.2 s -> 4.5 s for five tiny
+# LMs' init + forward) and buy nothing at these sizes; the math is the same (no fast-math either
+# way, and the tolerances allow any summation order). These are XLA debug flags: a jaxlib that
+# drops one refuses to start, which `make lock` would show at once.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                      "--xla_backend_optimization_level=0",
+                                      "--xla_llvm_disable_expensive_passes=true",
+                                      "--xla_cpu_use_fusion_emitters=false"]).strip()
 
-from latent_attention.config import default_section
-from latent_attention.models import LMConfig
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
-os.environ.setdefault("TFDS_DATA_DIR", os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "tensorflow_datasets"))
+from latent_attention.config import default_section  # noqa: E402
+from latent_attention.models import LMConfig  # noqa: E402
+from latent_attention.training import config_files  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TFDS_DATA_DIR", os.path.join(ROOT, "..", "shared", "tensorflow_datasets"))
+
+F32_EPS = float(np.finfo(np.float32).eps)  # 2**-23
+
+
+def assert_f32_close(actual, expected, *, terms, scale=None):
+  """`actual` equals `expected` up to float32 rounding (two evaluations of the same math).
+
+  An output whose path accumulates `terms` rounded operations on values up to `scale`
+  (default: max |expected|) differs by at most about terms * eps * scale, whatever order
+  XLA sums in on a given CPU. Callers pass the total length of the contractions on the
+  output's path (and say how they counted), so a real bug, an O(scale) error, still fails.
+
+  A scale of 0 (an all-zero `expected` and no explicit scale) falls back to 1.0: the
+  tolerance is then terms * eps absolute, still far below any O(1) error.
+  """
+  expected = np.asarray(expected, np.float64)
+  if scale is None:
+    scale = float(np.abs(expected).max(initial=0.0))
+  scale = float(scale) or 1.0
+  atol = terms * F32_EPS * scale
+  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=atol,
+                             err_msg=f"terms={terms}, scale={scale:.4g}, atol={atol:.3g}")
+
+
+def lm_terms(cfg, t, layers=None):
+  """Rounded-operation count on the logits' path of a pre-norm LM (tiny_lm_config's shape).
+
+  Per layer (`layers`, default cfg.num_layers): two RMSNorms (D each), the q/k/v projections
+  (D), q.k (head dim, counted as D: it also covers MLA's low-rank latents, all <= D), softmax
+  and weighted sum over t keys (2t), the output projection (heads x head dim <= D), the MLP up
+  (D) and down (F): 6D + F + 2t. Then the final RMSNorm and the output head (D each).
+  """
+  layers = cfg.num_layers if layers is None else layers
+  return layers * (6 * cfg.d_model + cfg.mlp_dim + 2 * t) + 2 * cfg.d_model
 
 # (kind, extra attention overrides): every LM attention variant the core tests cover.
 LM_VARIANTS = [
@@ -46,3 +104,23 @@ def tiny_lm_config(kind="mha", **attention):
 def lm_variant(request):
   kind, extra = request.param
   return tiny_lm_config(kind, **extra)
+
+
+def runlocal(variant="mla", **train):
+  """lm_shakespeare's runlocal config (20 steps, checkpoints at 10 and 20, no text sample).
+
+  decay_steps is fixed, so a shorter run follows the same learning-rate schedule.
+  """
+  config = config_files.load(os.path.join(ROOT, f"configs/lm_shakespeare.py:{variant},runlocal"))
+  config.train.update(decay_steps=40, **train)
+  config.eval.sample_len = 0
+  return config
+
+
+@pytest.fixture(scope="session")
+def trained_lm(tmp_path_factory):
+  """A finished `runlocal()` workdir, shared by the tests of one worker: copy it to change it."""
+  from latent_attention.training.loop import train_and_evaluate
+  workdir = str(tmp_path_factory.mktemp("trained_lm") / "run")
+  train_and_evaluate(runlocal(), workdir)
+  return workdir

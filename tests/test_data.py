@@ -1,10 +1,14 @@
 """Input pipelines: deterministic, resumable, complete evaluation coverage."""
 
+import pathlib
+
 import ml_collections
 import numpy as np
 import pytest
 
-from latent_attention.data import DatasetMissingError, make_dataset
+from latent_attention.data import DatasetMissingError, make_dataset, prepare
+
+RAW = pathlib.Path(__file__).resolve().parents[2] / "shared" / "raw"
 
 
 def _text_cfg(**kw):
@@ -73,11 +77,33 @@ def test_mqar_queries_ask_for_the_paired_value():
         "validation", 2).__next__()
 
 
-def test_missing_dataset_says_how_to_prepare(tmp_path):
+def test_missing_dataset_offline_says_how_to_prepare(tmp_path, monkeypatch):
+  tried = []
+  monkeypatch.setattr(prepare, "reachable", lambda urls: tried.append(urls) or False)
   cfg = _text_cfg()
   cfg.data_dir = str(tmp_path)
-  with pytest.raises(DatasetMissingError, match="scripts/prepare_data.py --datasets=tiny_shake"):
+  with pytest.raises(DatasetMissingError, match=(
+      f"TFDS dataset 'tiny_shakespeare' is not prepared in {tmp_path} and cannot be downloaded "
+      r"\(no answer from https://\S+/input.txt\); prepare it from the raw download files with "
+      f"`python scripts/prepare_data.py --datasets=tiny_shakespeare --data_dir={tmp_path} "
+      "--manual_dir=DIR`")):
     make_dataset(cfg)
+  assert len(tried) == 1
+
+
+@pytest.mark.skipif(not (RAW / "tiny_shakespeare").is_dir(), reason=f"needs {RAW}")
+def test_missing_dataset_is_prepared_when_its_source_answers(tmp_path, monkeypatch):
+  # Stands in for the download: TFDS takes the raw file from a manual dir instead (same checks
+  # of size and SHA-256), so the test reads no network.
+  real_prepare = prepare.prepare
+  monkeypatch.setattr(prepare, "reachable", lambda urls: True)
+  monkeypatch.setattr(prepare, "prepare", lambda builders, download_dir, manual_dir=None, **kw:
+                      real_prepare(builders, download_dir, str(RAW / "tiny_shakespeare"), **kw))
+  cfg = _text_cfg()
+  cfg.data_dir = str(tmp_path)
+  dataset = make_dataset(cfg)
+  assert dataset.vocab.size == 65
+  assert (tmp_path / "tiny_shakespeare").is_dir()
 
 
 def test_unknown_dataset_name():
