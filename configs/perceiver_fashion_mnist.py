@@ -1,11 +1,11 @@
-r"""Perceiver / Perceiver IO classifier on TFDS fashion_mnist (seed 000).
+r"""Perceiver / Perceiver IO classifier on TFDS fashion_mnist (Jaegle et al. 2021).
 
   python train.py --config=configs/perceiver_fashion_mnist.py --workdir=/tmp/perceiver_fmnist
   python eval.py --workdir=/tmp/perceiver_fmnist --plot_attention
   python train.py --config=configs/perceiver_fashion_mnist.py:mla,runlocal --workdir=/tmp/p
 
 Arguments (comma-separated): the attention kind of the cross- and latent self-attention (mha,
-gqa, mqa, mla; default mha), `induced` for the ISAB encoder (seed 002) instead of the latent
+gqa, mqa, mla; default mha), `induced` for the ISAB encoder (Set Transformer) instead of the latent
 one, `mnist` for TFDS mnist, and `runlocal` (tiny, seconds on a CPU).
 """
 

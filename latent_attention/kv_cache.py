@@ -1,4 +1,4 @@
-"""The one definition of KV-cache bytes (DESIGN.md, Measurements)."""
+"""The one definition of KV-cache bytes (docs/design.md, Measurements)."""
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,6 @@ def kv_cache_bytes(cache) -> int:
 
 
 def kv_cache_formula_bytes(model_config, seq_len: int, batch: int, dtype=jnp.float32) -> int:
-  """Analytic cache size from DESIGN.md's per-token table for `seq_len` tokens of `batch` rows."""
+  """Analytic cache size (docs/design.md's per-token table), `seq_len` tokens of `batch` rows."""
   from latent_attention.models import build_model  # models import this module's package.
   return build_model(model_config).cache_elements(seq_len, batch) * jnp.dtype(dtype).itemsize

@@ -45,7 +45,7 @@ def make_attention(cfg: AttentionConfig, d_model: int, dtype, name=None):
 
 
 def cache_elements_per_token(cfg: AttentionConfig) -> int:
-  """Cached elements per token per layer (DESIGN.md's table)."""
+  """Cached elements per token per layer (docs/design.md's table)."""
   return module_class(cfg).cache_elements_per_token(cfg)
 
 

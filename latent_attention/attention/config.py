@@ -16,7 +16,7 @@ HEAD_GATED_POOLS = ("first", "mean")
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-  """Fields of `config.model.attention`; see DESIGN.md for the math of each kind."""
+  """Fields of `config.model.attention`; see docs/design.md for the math of each kind."""
 
   kind: str = "mha"  # one of KINDS.
   num_heads: int = 4  # N, query heads.
@@ -31,10 +31,10 @@ class AttentionConfig:
   qk_rope_head_dim: int = 16  # d_R, decoupled RoPE dim (one key shared by all heads).
   v_head_dim: int = 32  # d_v, per-head value dim.
   mla_decode_mode: str = "absorbed"  # naive|latent|absorbed: what the decode cache holds.
-  # lowrank_gated (seed 003).
+  # lowrank_gated (low-rank gated heads, docs/design.md).
   lowrank_rank: int = 8  # r, per-head rank of K and V.
   lowrank_combine: str = "concat"  # concat: gate-weight heads then concat; sum: seed's sum.
-  # head_gated (seed 004).
+  # head_gated (top-k head gating, docs/design.md).
   head_gated_top_k: int = 0  # heads kept per sequence; 0 = use head_gated_keep_fraction.
   head_gated_keep_fraction: float = 0.5  # fraction of heads kept when top_k == 0.
   # What the head scorer reads. first: position 0, which every position sees (causal, and fixed

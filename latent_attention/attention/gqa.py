@@ -1,4 +1,4 @@
-"""Multi-head, grouped-query and multi-query attention (seed 001; Ainslie et al. 2023).
+"""Multi-head, grouped-query and multi-query attention (Shazeer 2019; Ainslie et al. 2023).
 
 One module: N query heads share K key/value heads in groups of G = N / K. `mha` is K = N,
 `mqa` is K = 1 (Shazeer 2019). The cache holds K and V: 2·K·H elements per token per layer.

@@ -1,4 +1,5 @@
-"""Dynamic top-k head selection on an MHA base, with a straight-through gate (seed 004).
+"""Dynamic top-k head selection on an MHA base, with a straight-through gate (this
+project's variant; docs/design.md).
 
 A light scorer (Dense D -> N) rates the N heads from a pooled summary of the input; each sequence
 keeps its k best heads (`head_gated_top_k`, or round(N · `head_gated_keep_fraction`), at least 1).

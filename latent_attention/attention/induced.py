@@ -1,4 +1,4 @@
-"""Induced set attention (seed 002; Set Transformer ISAB, Lee et al. 2019, arXiv 1810.00825).
+"""Induced set attention (Set Transformer ISAB, Lee et al. 2019, arXiv 1810.00825).
 
 Seed 002's "latent vectors" (L x D, L << N) are the Set Transformer's inducing points: M learned
 vectors I first attend to the T inputs (Q from I, K/V from the input), then the input attends
@@ -25,7 +25,8 @@ NORMS = ("pre", "post")
 
 
 def _residual(norm, x_BTD, sublayer, layer_norm):
-  """x + f(LN(x)) (pre-norm), or the Add & Norm LN(x + f(x)) of seed 000 and the Set Transformer."""
+  """x + f(LN(x)) (pre-norm), or the Add & Norm LN(x + f(x)) (post-norm: Perceiver, Set
+  Transformer)."""
   if norm == "pre":
     return x_BTD + sublayer(layer_norm(x_BTD))
   return layer_norm(x_BTD + sublayer(x_BTD))

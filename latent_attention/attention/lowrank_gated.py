@@ -1,4 +1,5 @@
-"""Low-rank per-head K/V with a per-token softmax gate over heads (seed 003).
+"""Low-rank per-head K/V with a per-token softmax gate over heads (this project's variant;
+docs/design.md).
 
 Each head i has its own rank-r key latent U_k,i x and value latent U_v,i x (U_k, U_v: D -> N·r);
 one up-projection V_k (V_v): r -> H, shared by all heads, expands them to head width. Queries are

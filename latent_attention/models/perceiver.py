@@ -1,4 +1,4 @@
-"""Perceiver / Perceiver IO image classifier (seed 000; Jaegle et al. 2021, arXiv 2103.03206 and
+"""Perceiver / Perceiver IO image classifier (Jaegle et al. 2021, arXiv 2103.03206 and
 2107.14795).
 
 A learned latent array (M x D) cross-attends to the pixels (Q from the latents, K/V from the
@@ -10,7 +10,7 @@ own weights and repeats 2..R share one set. Cost O(R·(S·M + M²)) for S = H·W
 Pixels enter with 2-D Fourier position features concatenated (not added), then one linear
 projection to D. A Perceiver IO decoder (one learned output query cross-attending to the latents)
 or the mean of the latents gives the logits. encoder='induced' replaces the latent encoder by
-`num_blocks` Set Transformer ISABs (seed 002), which keep one vector per pixel.
+`num_blocks` Set Transformer ISABs, which keep one vector per pixel.
 
 Here images are [B, H, W, C] (H, W, C: image height, width, channels) and E is the input features
 per pixel (channels + position features), I the width they are projected to (input_dim); other
@@ -52,7 +52,7 @@ class PerceiverConfig:
   fourier_bands: int = 8  # frequencies per image axis of the position features.
   max_resolution: int = 28  # top frequency is max_resolution / 2 (the Nyquist rate).
   decoder: str = "query"  # query: Perceiver IO output query; mean: mean-pool the latents.
-  encoder: str = "latent"  # latent: Perceiver; induced: ISAB stack (seed 002).
+  encoder: str = "latent"  # latent: Perceiver; induced: ISAB stack (Set Transformer).
   dtype: str = "float32"  # compute dtype (float32|bfloat16|float16); params stay float32.
   # Latents <-> input and the decoder's query <-> latents; one head as in the Perceiver.
   cross_attention: AttentionConfig = AttentionConfig(num_heads=1, num_kv_heads=1, head_dim=128)

@@ -1,4 +1,4 @@
-"""Train-step and decode timing (DESIGN.md: step time = median jitted step after warm-up)."""
+"""Train-step and decode timing (docs/design.md: step time = median jitted step after warm-up)."""
 
 import statistics
 import time
