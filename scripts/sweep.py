@@ -4,9 +4,11 @@ r"""Runs an ablation sweep: trains, evaluates and times every run, then one tabl
   python scripts/sweep.py --sweep=configs/sweeps/lm_attention.py --workdir=/tmp/sweep_local \
       --runlocal --only=mha,mla_c32
   python scripts/sweep.py --sweep=configs/sweeps/lm_attention.py:large --workdir=/tmp/sweep_l
+  python scripts/sweep.py --sweep=configs/sweeps/lm_attention.py --workdir=/tmp/s3 --seeds=3
 
-Each run goes to <workdir>/<run>/ (a train.py workdir plus result.json, or error.txt when it
-failed); the table goes to <workdir>/results.csv and results.md, the plots to <workdir>/*.png.
+Each run goes to <workdir>/<run>/ (with seeds, <workdir>/<run>/seed<s>/): a train.py workdir
+plus result.json, or error.txt when it failed. The tables go to <workdir>/results.csv and
+results.md, the plots to <workdir>/*.png.
 Rerunning the command skips finished runs, retries failed ones and resumes an interrupted one.
 SIGTERM or Ctrl-C stops the sweep cleanly (during training: after a checkpoint). The exit
 status is 1 when a run failed. Sweep files are described in latent_attention/training/sweep.py.
@@ -23,15 +25,19 @@ _RUNLOCAL = flags.DEFINE_bool("runlocal", False,
                               "Tiny runs (seconds each on a CPU): the base config's runlocal "
                               "plus the sweep's runlocal_overrides.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these runs (comma-separated names).")
+_SEEDS = flags.DEFINE_integer(
+    "seeds", None, "Train every run with seeds 0..N-1 (each in <run>/seed<s>/), overriding the "
+    "sweep file's `seeds`; the tables then give mean ± std per run and the difference to the "
+    "reference run with its 95% confidence interval.", lower_bound=1)
 flags.mark_flags_as_required(["sweep", "workdir"])
 
 
 def main(argv):
   del argv
-  outcome = run_sweep(_SWEEP.value, _WORKDIR.value, _RUNLOCAL.value, _ONLY.value)
+  outcome = run_sweep(_SWEEP.value, _WORKDIR.value, _RUNLOCAL.value, _ONLY.value, _SEEDS.value)
   with open(f"{_WORKDIR.value}/results.md") as f:
     print(f.read())
-  failed = [r["name"] for r in outcome.rows if r["status"] != "ok"]
+  failed = [r.get("dir", r["name"]) for r in outcome.rows if r["status"] != "ok"]
   if failed:
     raise SystemExit(f"sweep.py: {len(failed)} of {len(outcome.rows)} runs failed "
                      f"({', '.join(failed)}); tracebacks in {_WORKDIR.value}/<run>/error.txt")

@@ -7,10 +7,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from latent_attention.models import build_model
-from latent_attention.training import config_files, sweep as sweep_lib
+from latent_attention.training import config_files, results as results_lib, sweep as sweep_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(ROOT, "configs", "sweeps")
@@ -132,13 +133,55 @@ def test_sweep_file_errors(tiny_sweep, tmp_path):
     sweep_lib.make_config(sweep, {"base": sweep.base, "overrides": {"model.attention.nope": 1}})
 
 
+def test_seeds_give_one_row_per_seed_an_aggregate_table_and_resume(tiny_sweep, tmp_path,
+                                                                    monkeypatch):
+  """The sweep machinery with stand-ins for training (real runs: the end-to-end test)."""
+  trained = []
+  ppl = {("mha", 0): 5.0, ("mha", 1): 5.2, ("kindmla", 0): 6.0, ("kindmla", 1): 6.1}
+
+  def fake_train(config, run_dir):
+    trained.append((os.path.basename(os.path.dirname(run_dir)), config.seed))
+    return {"interrupted": None}
+
+  def fake_eval(run_dir):
+    name, seed = os.path.basename(os.path.dirname(run_dir)), int(run_dir[-1])
+    p = ppl[(name, seed)]
+    return {"validation": {"loss": float(np.log(p)), "accuracy": 0.5, "perplexity": p},
+            "kv_cache_bytes_per_token": 64.0 if name == "mha" else 12.0,
+            "kv_cache_formula_bytes_per_token": 64.0 if name == "mha" else 12.0}
+
+  monkeypatch.setattr(sweep_lib.loop, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(sweep_lib.evaluate, "evaluate_workdir", fake_eval)
+  monkeypatch.setattr(sweep_lib.benchmarking, "benchmark",
+                      lambda *a, **k: {"step_time_s": 0.01, "tokens_per_s": 1e3})
+  workdir = str(tmp_path / "sweep")
+  outcome = sweep_lib.run_sweep(tiny_sweep, workdir, runlocal=True, only=["mha", "kindmla"],
+                                num_seeds=2)
+  assert trained == [("mha", 0), ("mha", 1), ("kindmla", 0), ("kindmla", 1)]
+  assert [(r["name"], r["seed"]) for r in _csv(workdir)] == [
+      ("kindmla", "0"), ("kindmla", "1"), ("mha", "0"), ("mha", "1")]
+  assert os.path.exists(os.path.join(workdir, "mha", "seed1", "result.json"))
+  assert len(outcome.rows) == 4
+  markdown = (tmp_path / "sweep" / "results.md").read_text()
+  assert "## Per run: mean ± standard deviation over seeds" in markdown
+  assert "perplexity vs mha" in markdown  # the sweep's first run is the reference.
+  mla_line = next(l for l in markdown.splitlines() if l.startswith("| kindmla | mla"))
+  assert "6.050 ± 0.071" in mla_line and "+0.950 [" in mla_line
+  assert "## Per seed" in markdown
+  # Rerun: every finished (run, seed) is skipped.
+  sweep_lib.run_sweep(tiny_sweep, workdir, runlocal=True, only=["mha", "kindmla"], num_seeds=2)
+  assert len(trained) == 4
+  with pytest.raises(ValueError, match=r"--seeds=0 is invalid: must be a positive integer"):
+    sweep_lib.run_sweep(tiny_sweep, workdir, num_seeds=0)
+
+
 def test_classifier_rows_report_accuracy_and_leave_lm_columns_blank(tmp_path):
   rows = [{"name": f"num_latents{m}", "kind": "perceiver/mha", "sizes": f"M={m}, N/K/H=4/4/16",
            "status": "ok", "eval_split": "test", "eval_loss": 0.5, "accuracy": acc,
            "step_time_ms": 10.0 + m, "tokens_per_s": 1e3, "decode_tokens_per_s": None,
            "kv_bytes_per_token": None, "perplexity": None}
           for m, acc in ((16, 0.86), (8, 0.84))]
-  rows = sweep_lib.write_results(rows, str(tmp_path), "perceiver_latents")
+  rows = results_lib.write_results(rows, str(tmp_path), "perceiver_latents")
   assert [r["name"] for r in rows] == ["num_latents8", "num_latents16"]
   header = (tmp_path / "results.md").read_text().splitlines()[4]
   assert "| accuracy |" in header and "perplexity" not in header and "KV" not in header
@@ -153,23 +196,23 @@ def test_recall_sweep_plots_accuracy_against_cache(tmp_path, monkeypatch):
           for name, kind, acc, kv in (("mha", "mha", 0.99, 1024), ("mla_c8", "mla", 0.4, 96),
                                       ("mqa", "mqa", 0.9, 256))]
   plotted = {}
-  monkeypatch.setattr(sweep_lib.plots, "quality_vs_cache",
+  monkeypatch.setattr(results_lib.plots, "quality_vs_cache",
                       lambda rows, path, metric: plotted.update(metric=metric, rows=rows))
-  sweep_lib.write_results(rows, str(tmp_path), "mqar", quality="accuracy")
+  results_lib.write_results(rows, str(tmp_path), "mqar", quality="accuracy")
   assert plotted["metric"] == "accuracy" and len(plotted["rows"]) == 3
   assert "accuracy vs KV cache" in (tmp_path / "results.md").read_text()
   with pytest.raises(ValueError, match="sweep quality='bits' is invalid: choose from "
                      "perplexity, accuracy"):
-    sweep_lib.write_results(rows, str(tmp_path), "mqar", quality="bits")
+    results_lib.write_results(rows, str(tmp_path), "mqar", quality="bits")
 
 
 def test_pareto_front_follows_the_metric_direction(tmp_path):
   points = [(300, 0.9), (100, 0.5), (200, 0.6), (200, 0.7), (200, 0.4)]
-  assert sweep_lib.plots.pareto_front(points, lower_is_better=False) == [
+  assert results_lib.plots.pareto_front(points, lower_is_better=False) == [
       (100, 0.5), (200, 0.7), (300, 0.9)]  # (200, 0.6) is beaten at equal cost.
-  assert sweep_lib.plots.pareto_front(points, lower_is_better=True) == [(100, 0.5), (200, 0.4)]
+  assert results_lib.plots.pareto_front(points, lower_is_better=True) == [(100, 0.5), (200, 0.4)]
   rows = [{"name": str(x), "kv_bytes_per_token": x, "accuracy": y} for x, y in points]
-  sweep_lib.plots.quality_vs_cache(rows, str(tmp_path / "p.png"), "accuracy")
+  results_lib.plots.quality_vs_cache(rows, str(tmp_path / "p.png"), "accuracy")
   assert os.path.getsize(tmp_path / "p.png") > 1000
 
 

@@ -23,11 +23,17 @@ def pareto_front(points, lower_is_better=True):
 
 def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
   """`metric` (perplexity: lower is better; accuracy: higher) vs KV-cache bytes per token (log
-  x), points labelled, the Pareto front dashed."""
+  x), points labelled, the Pareto front dashed; rows with `<metric>_std` (several seeds: the
+  metric is their mean) get that standard deviation as error bars."""
   points = sorted((r["kv_bytes_per_token"], r[metric], r["name"]) for r in rows)
   fig = Figure(figsize=(7, 5), layout="constrained")
   ax = fig.subplots()
   ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], zorder=3)
+  bars = [(r["kv_bytes_per_token"], r[metric], r[f"{metric}_std"]) for r in rows
+          if r.get(f"{metric}_std") is not None]
+  if bars:
+    ax.errorbar(*zip(*bars), fmt="none", ecolor="C0", capsize=3, zorder=3,
+                label="± 1 std over seeds")
   for x, y, name in points:
     ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
   front = pareto_front([(x, y) for x, y, _ in points], lower_is_better=metric == "perplexity")

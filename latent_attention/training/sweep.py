@@ -14,19 +14,22 @@ A sweep file (configs/sweeps/*.py) has `get_config(arg)` returning a ConfigDict 
   benchmark           steps and warmup of the train-step timing (`benchmarking.benchmark`;
                       default 50 and 5).
   quality             the y axis of the LM runs' KV-cache plot: perplexity (default) or
-                      accuracy (recall tasks such as MQAR).
+                      accuracy (recall tasks such as MQAR); also the metric runs are compared on.
+  seeds               optional: the values of config.seed each run is trained with, e.g. (0, 1,
+                      2); `--seeds=N` on the command line means (0, ..., N-1) and wins.
+  reference           optional: the run the others are compared with (default: the first).
 
 Mappings with dotted keys are built as `ml_collections.ConfigDict(..., allow_dotted_keys=True)`.
 
-Run `name` lives in <workdir>/<name>/: a train.py workdir plus result.json (its table row and
-config) or, when it raised, error.txt (the traceback) and a failed row. A run whose result.json
+Run `name` lives in <workdir>/<name>/ (with seeds: <workdir>/<name>/seed<s>/): a train.py
+workdir plus result.json (its table row and config) or, when it raised, error.txt (the
+traceback) and a failed row. A run whose result.json
 holds status 'ok' and the same config is skipped when the sweep runs again; failed runs are
 retried. SIGTERM/SIGINT stops the sweep: during training at once, after a checkpoint from which
 the run resumes next time; otherwise once the current run is done. results.csv, results.md and
 the plots cover every run of the sweep that has a result.json.
 """
 
-import csv
 import itertools
 import json
 import os
@@ -38,41 +41,12 @@ from typing import NamedTuple
 from absl import logging
 
 from latent_attention.training import (benchmarking, checkpoint, config_files, evaluate, loop,
-                                       metrics, plots, resume)
+                                       metrics, resume, results)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # --runlocal is a smoke test: its timings mean nothing, so time few steps.
 RUNLOCAL_BENCHMARK = {"steps": 3, "warmup": 1}
 RESULT, ERROR = "result.json", "error.txt"
-QUALITIES = ("perplexity", "accuracy")
-
-
-def _check_quality(quality):
-  if quality not in QUALITIES:
-    raise ValueError(f"sweep quality={quality!r} is invalid: choose from {', '.join(QUALITIES)}")
-
-# (row key = results.csv column, results.md header, format). Units are in the names.
-COLUMNS = (
-    ("name", "run", "{}"),
-    ("kind", "attention", "{}"),
-    ("sizes", "sizes", "{}"),
-    ("mlp_dim", "F (MLP)", "{}"),
-    ("params", "params", "{:,}"),
-    ("eval_loss", "eval loss (nats)", "{:.4f}"),
-    ("perplexity", "perplexity", "{:.3f}"),
-    ("bits_per_char", "bits/char", "{:.4f}"),
-    ("bits_per_token", "bits/token", "{:.4f}"),
-    ("accuracy", "accuracy", "{:.4f}"),
-    ("kv_bytes_per_token", "KV bytes/token (measured)", "{:,.0f}"),
-    ("kv_formula_bytes_per_token", "KV bytes/token (formula)", "{:,.0f}"),
-    ("kv_vs_mha", "KV vs mha", "{:.3f}x"),
-    ("step_time_ms", "step time (ms)", "{:.1f}"),
-    ("tokens_per_s", "train tokens/s", "{:,.0f}"),
-    ("decode_tokens_per_s", "decode tokens/s", "{:,.0f}"),
-    ("train_wall_s", "train wall (s)", "{:.0f}"),
-    ("status", "status", "{}"),
-    ("error", "error", "{}"),
-)
 
 
 class Outcome(NamedTuple):
@@ -127,13 +101,37 @@ def make_config(sweep, run: dict, runlocal: bool = False):
   return config
 
 
+def seed_list(sweep, num_seeds: int | None = None) -> list[int | None]:
+  """The seeds each run is trained with; [None] (the config's own seed, no seed<s>/ folder)
+  when neither the sweep nor `num_seeds` asks for any."""
+  if num_seeds is not None:
+    if num_seeds < 1:
+      raise ValueError(f"--seeds={num_seeds} is invalid: must be a positive integer")
+    return list(range(num_seeds))
+  seeds = list(sweep.get("seeds") or ())
+  if any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(
+      seeds):
+    raise ValueError(f"sweep seeds={tuple(seeds)!r} is invalid: must be distinct integers")
+  return seeds or [None]
+
+
+def run_dir_of(workdir: str, name: str, seed: int | None) -> str:
+  return os.path.join(workdir, name, *([] if seed is None else [f"seed{seed}"]))
+
+
 def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
-              only: list[str] | None = None) -> Outcome:
-  """Runs the sweep's runs (or those named in `only`), then writes the table and the plots."""
+              only: list[str] | None = None, num_seeds: int | None = None) -> Outcome:
+  """Runs the sweep's runs (or those named in `only`) for each seed, then writes the tables and
+  the plots."""
   sweep = config_files.load(sweep_spec)
   quality = sweep.get("quality") or "perplexity"
-  _check_quality(quality)
+  results.check_quality(quality)
+  seeds = seed_list(sweep, num_seeds)
   runs = expand(sweep)
+  reference = sweep.get("reference")
+  if reference is not None and reference not in runs:
+    raise ValueError(f"sweep reference={reference!r} is invalid: choose one of "
+                     f"{', '.join(runs)}")
   unknown = sorted(set(only or ()) - set(runs))
   if unknown:
     raise ValueError(f"--only names unknown runs {', '.join(unknown)}; the sweep has "
@@ -145,26 +143,37 @@ def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
   interrupted = None
   # train_and_evaluate's own handler takes over while it trains; at any other time a signal
   # stops the sweep once the current run is done.
+  jobs = [(name, seed) for name in selected for seed in seeds]
   with loop.StopFlag() as stop:
-    for i, name in enumerate(selected, 1):
-      logging.info("[%d/%d] %s", i, len(selected), name)
-      interrupted = _run(name, runs[name], sweep, runlocal, os.path.join(workdir, name), timing)
+    for i, (name, seed) in enumerate(jobs, 1):
+      tag = name if seed is None else f"{name} seed {seed}"
+      logging.info("[%d/%d] %s", i, len(jobs), tag)
+      interrupted = _run(name, runs[name], sweep, runlocal, run_dir_of(workdir, name, seed),
+                         timing, seed)
       interrupted = interrupted or stop.signal
       if interrupted:
         logging.warning("%s received: sweep stopped at run %d/%d (%s); rerun the same command "
-                        "to resume", interrupted, i, len(selected), name)
+                        "to resume", interrupted, i, len(jobs), tag)
         break
-  rows = [r for r in (_read(os.path.join(workdir, n, RESULT)) for n in runs) if r]
+  rows = []
+  for n in runs:
+    for s in seeds:
+      row = _read(os.path.join(run_dir_of(workdir, n, s), RESULT))
+      if row:
+        rows.append({**row, "dir": os.path.relpath(run_dir_of(workdir, n, s), workdir)})
   title = sweep_spec + (" (runlocal)" if runlocal else "")
-  return Outcome(write_results(rows, workdir, title, quality), interrupted)
+  return Outcome(results.write_results(rows, workdir, title, quality, reference), interrupted)
 
 
-def _run(name, run, sweep, runlocal, run_dir, timing) -> str | None:
-  """Trains, evaluates and times one run into `run_dir`; returns the signal if one stopped it."""
+def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
+  """Trains, evaluates and times one run (with `seed`, when given) into `run_dir`; returns the
+  signal if one stopped it."""
   os.makedirs(run_dir, exist_ok=True)
   config = config_json = None
   try:
     config = make_config(sweep, run, runlocal)
+    if seed is not None:
+      config.seed = seed
     config_json = _as_json(config.to_dict())
     previous = _read(os.path.join(run_dir, RESULT))
     if previous and previous["status"] == "ok" and previous["config"] == config_json:
@@ -246,7 +255,8 @@ def _describe(name, config) -> dict:
   kind = att.kind if att is not None else ""
   if model.get("name", "lm") != "lm":  # e.g. perceiver/mha: another model than the plain LM.
     kind = f"{model.name}/{kind}" if kind else model.name
-  return {"name": name, "kind": kind, "sizes": ", ".join(sizes), "mlp_dim": model.get("mlp_dim")}
+  return {"name": name, "seed": config.seed, "kind": kind, "sizes": ", ".join(sizes),
+          "mlp_dim": model.get("mlp_dim")}
 
 
 def _measured(config, run_dir, evaluated, timed, wall) -> dict:
@@ -267,81 +277,3 @@ def _measured(config, run_dir, evaluated, timed, wall) -> dict:
       # This invocation's train_and_evaluate: compilation and periodic evals included.
       "train_wall_s": wall,
   }
-
-
-def _natural(name):
-  """Sort key putting m8 before m16."""
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def _sorted_rows(rows) -> list[dict]:
-  """Failed runs last, then by measured KV bytes per token, then by name; adds kv_vs_mha (the
-  ratio to the run named mha)."""
-  ok = [r for r in rows if r["status"] == "ok"]
-  ref_kv = next((r.get("kv_bytes_per_token") for r in ok if r["name"] == "mha"), None)
-  out = []
-  for r in rows:
-    r = {k: v for k, v in r.items() if k != "config"}
-    kv = r.get("kv_bytes_per_token")
-    r["kv_vs_mha"] = kv / ref_kv if kv is not None and ref_kv else None
-    out.append(r)
-  return sorted(out, key=lambda r: (r["status"] != "ok", r.get("kv_bytes_per_token") is None,
-                                    r.get("kv_bytes_per_token") or 0, _natural(r["name"])))
-
-
-def _eval_curve(run_dir):
-  """(steps, eval losses) from metrics.jsonl; a re-evaluated final step counts once."""
-  by_step = {m["step"]: m["loss"] for m in metrics.read_metrics(run_dir) if m["split"] == "eval"}
-  steps = sorted(by_step)
-  return steps, [by_step[s] for s in steps]
-
-
-def write_results(rows, workdir: str, title: str, quality: str = "perplexity") -> list[dict]:
-  """Writes results.csv, results.md and the plots; returns the rows in table order.
-
-  quality: perplexity or accuracy, the y axis of the KV-cache plot of LM runs.
-  """
-  _check_quality(quality)
-  rows = _sorted_rows(rows)
-  keys = [k for k, _, _ in COLUMNS]
-  tmp = os.path.join(workdir, "results.csv.tmp")
-  with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, keys, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: "" if r.get(k) is None else r[k] for k in keys} for r in rows)
-  os.replace(tmp, os.path.join(workdir, "results.csv"))
-
-  ok = [r for r in rows if r["status"] == "ok"]
-  figures = []
-  lm = [r for r in ok if r.get("perplexity") is not None and r.get("kv_bytes_per_token")]
-  if lm:
-    figures.append((f"{quality} vs KV cache", "pareto.png"))
-    plots.quality_vs_cache(lm, os.path.join(workdir, figures[-1][1]), quality)
-  elif ok:
-    figures.append(("accuracy", "accuracy.png"))
-    plots.accuracy_bars(ok, os.path.join(workdir, figures[-1][1]))
-  if ok:
-    curves = {r["name"]: _eval_curve(os.path.join(workdir, r["name"])) for r in ok}
-    figures += [("eval loss", "loss_curves.png"), ("speed", "speed.png")]
-    plots.loss_curves(curves, os.path.join(workdir, "loss_curves.png"))
-    plots.speed_bars(ok, os.path.join(workdir, "speed.png"))
-
-  # Markdown leaves out the columns that no run fills (e.g. perplexity for a classifier).
-  shown = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-  splits = sorted({r["eval_split"] for r in ok})
-  kv = (" KV bytes: the decode cache after prefilling data.seq_len tokens." if lm else "")
-  lines = [f"# Sweep {title}", "",
-           f"{len(ok)} of {len(rows)} runs finished. Eval split: {', '.join(splits) or '-'}.{kv} "
-           "Step time: median jitted train step after warm-up (docs/design.md, Measurements).", "",
-           "| " + " | ".join(h for _, h, _ in shown) + " |",
-           "|" + "---|" * len(shown)]
-  for r in rows:
-    cells = ["" if r.get(k) is None else fmt.format(r[k]).replace("|", "\\|")
-             for k, _, fmt in shown]
-    lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", *(f"![{what}]({png})" for what, png in figures)]
-  tmp = os.path.join(workdir, "results.md.tmp")
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, os.path.join(workdir, "results.md"))
-  return rows
