@@ -47,6 +47,11 @@ def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
   config.data.num_train_examples = 100_000  # size of the (deterministic) train set.
   config.data.num_eval_examples = 1000  # size of the validation and test sets.
   config.data.synthetic_seed = 0  # which examples are generated.
+  # Zoology's example distribution (zoology/data/multiquery_ar.py):
+  config.data.mqar_power_a = 0.01  # query-slot law ~ k^(a-1): mostly short gaps (1 = uniform).
+  config.data.mqar_random_filler = True  # non-pair, non-query inputs: random vocabulary tokens.
+  config.data.mqar_distinct_values = True  # an example's values drawn without replacement.
+  config.data.mqar_show_answer = False  # True: put each value right after its query key.
   config.data.eval_split = "validation"  # periodic and final evaluation.
   config.data.test_split = "test"  # also reported by eval.py.
   config.data.worker_count = 0  # Grain worker processes.

@@ -77,6 +77,42 @@ def test_mqar_queries_ask_for_the_paired_value():
         "validation", 2).__next__()
 
 
+def _mqar_batch(n=500, **options):
+  cfg = ml_collections.ConfigDict(dict(name="mqar", seq_len=64, vocab_size=256, num_kv_pairs=4,
+                                       num_train_examples=100, num_eval_examples=n,
+                                       synthetic_seed=0, worker_count=0, eval_split="validation",
+                                       scored_positions=True, **options))
+  return next(iter(make_dataset(cfg).eval_batches("validation", n)))
+
+
+def test_mqar_follows_zoology_distribution_by_default():
+  batch = _mqar_batch()
+  first_quarter = []
+  for inputs, targets, weights, positions in zip(
+      batch["inputs"], batch["targets"], batch["weights"], batch["positions"]):
+    np.testing.assert_array_equal(positions, np.flatnonzero(weights))  # scored = queried.
+    assert len(set(inputs[1:8:2])) == 4  # an example's values are distinct.
+    first_quarter += list((positions - 8) // 2 < 7)  # slot index among the 28 after the pairs.
+  # Random filler: the only zeros left are random draws of token 0 (1/256 of the filler).
+  assert (batch["inputs"] == 0).mean() < 0.02
+  # Gap law k^(0.01 - 1): the first 7 of 28 slots take most queries (uniform: 25%).
+  assert np.mean(first_quarter) > 0.45
+  uniform = _mqar_batch(mqar_power_a=1.0)
+  share = np.mean((uniform["positions"] - 8) // 2 < 7)
+  assert abs(share - 0.25) < 0.05, share
+
+
+def test_mqar_answer_is_shown_only_when_asked():
+  for show in (False, True):
+    batch = _mqar_batch(50, mqar_random_filler=False, mqar_show_answer=show)
+    for inputs, targets, positions in zip(batch["inputs"], batch["targets"], batch["positions"]):
+      after = inputs[positions + 1]
+      if show:
+        np.testing.assert_array_equal(after, targets[positions])
+      else:  # the position after a query is filler (0 here) or the next query's key.
+        assert set(after) <= {0} | set(inputs[0:8:2])
+
+
 def test_missing_dataset_offline_says_how_to_prepare(tmp_path, monkeypatch):
   tried = []
   monkeypatch.setattr(prepare, "reachable", lambda urls: tried.append(urls) or False)

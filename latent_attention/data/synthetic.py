@@ -1,10 +1,14 @@
 """Synthetic sequence tasks generated in memory: nothing to download.
 
 MQAR, multi-query associative recall (Arora et al., Zoology, arXiv 2312.04927): a sequence
-starts with `num_kv_pairs` key-value pairs (keys from the lower half of the vocabulary, values
-from the upper half), then the keys are queried again at random later positions and the model
-must emit the paired value right there. Only the query positions are scored, so accuracy is
-recall accuracy. `copy`: random tokens, a separator, then the same tokens again; only the copy
+starts with `num_kv_pairs` key-value pairs (distinct keys from the lower half of the vocabulary,
+values from the upper half), then every key is queried once at a later even position and the
+model must emit the paired value right there. Only the query positions are scored, so accuracy
+is recall accuracy. The defaults follow Zoology's generator (`zoology/data/multiquery_ar.py`):
+distinct values, query slots drawn from a power law over the slots after the context
+(`mqar_power_a`, mostly short gaps; 1.0 = uniform), every other input position filled with
+random tokens of the whole vocabulary (`mqar_random_filler`), and the answer never shown in the
+input (`mqar_show_answer`: the older variant put each value after its query key). `copy`: random tokens, a separator, then the same tokens again; only the copy
 is scored. With `scored_positions`, examples also carry `positions`, the indices of the scored
 positions (a fixed number per task), so the LM computes its vocabulary-sized head only there.
 Example i is a pure function of (seed, split, i), so the sources are random access and
@@ -19,8 +23,8 @@ from latent_attention.data import sources
 _SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 
 
-def _example(cfg, seq, weights, scored):
-  ex = {"inputs": seq[:-1], "targets": seq[1:], "weights": weights}
+def _example(cfg, inputs, targets, weights, scored):
+  ex = {"inputs": inputs, "targets": targets, "weights": weights}
   if cfg.get("scored_positions", False):
     ex["positions"] = scored.astype(np.int32)
   return ex
@@ -32,11 +36,18 @@ class MqarSource(grain.RandomAccessDataSource):
     self.cfg, self._size = cfg, size
     self._seed = (cfg.synthetic_seed, _SPLIT_SEEDS[split])
     t, n, v = cfg.seq_len, cfg.num_kv_pairs, cfg.vocab_size
-    if 3 * n > t:
-      raise ValueError(f"data.num_kv_pairs={n} is invalid: needs 2*n pairs tokens plus n "
-                       f"query slots <= data.seq_len={t}")
+    if (t - 2 * n) // 2 < n:
+      raise ValueError(f"data.num_kv_pairs={n} is invalid: 2*n context tokens plus n query slots "
+                       f"at even positions need data.seq_len >= 4*n, got {t}")
     if v < 4 * n:
       raise ValueError(f"data.vocab_size={v} is invalid: must be >= 4 * num_kv_pairs")
+    power_a = cfg.get("mqar_power_a", 0.01)
+    if not 0 < power_a <= 1:
+      raise ValueError(f"data.mqar_power_a={power_a} is invalid: must be in (0, 1] (1 = uniform)")
+    # Zoology's gap law: slot k (1-based, after the context) has probability ~ a * k^(a - 1).
+    k = np.arange(1, (t - 2 * n) // 2 + 1, dtype=np.float64)
+    self._slot_p = power_a * k ** (power_a - 1)
+    self._slot_p /= self._slot_p.sum()
 
   def __len__(self):
     return self._size
@@ -46,18 +57,25 @@ class MqarSource(grain.RandomAccessDataSource):
 
   def __getitem__(self, i):
     t, n, v = self.cfg.seq_len, self.cfg.num_kv_pairs, self.cfg.vocab_size
+    cfg = self.cfg
     rng = np.random.default_rng((*self._seed, int(i)))
     keys = rng.choice(np.arange(1, v // 2), n, replace=False)
-    values = rng.choice(np.arange(v // 2, v), n, replace=True)
-    seq = np.zeros(t + 1, np.int32)
-    seq[0:2 * n:2], seq[1:2 * n:2] = keys, values
-    # A query key sits at input position p and its value is the target at p, i.e. seq[p + 1].
-    slots = rng.choice(np.arange(2 * n, t, 2), n, replace=False)
-    order = rng.permutation(n)
-    seq[slots], seq[slots + 1] = keys[order], values[order]
+    values = rng.choice(np.arange(v // 2, v), n, replace=not cfg.get("mqar_distinct_values", True))
+    inputs = np.zeros(t, np.int32)
+    inputs[0:2 * n:2], inputs[1:2 * n:2] = keys, values
+    # Query j asks for keys[j] at input position slots[j]; its target there is values[j].
+    slots = 2 * n + 2 * rng.choice(len(self._slot_p), n, replace=False, p=self._slot_p)
+    inputs[slots] = keys
+    if cfg.get("mqar_show_answer", False):  # slots <= t - 2: the answer fits after each.
+      inputs[slots + 1] = values
+    if cfg.get("mqar_random_filler", True):
+      filler = inputs == 0
+      inputs[filler] = rng.integers(0, v, int(filler.sum()))
+    targets = np.zeros(t, np.int32)
+    targets[slots] = values
     weights = np.zeros(t, np.float32)
     weights[slots] = 1
-    return _example(self.cfg, seq, weights, np.sort(slots))
+    return _example(cfg, inputs, targets, weights, np.sort(slots))
 
 
 class CopySource(grain.RandomAccessDataSource):
@@ -81,7 +99,7 @@ class CopySource(grain.RandomAccessDataSource):
     seq[:half], seq[half + 1:2 * half + 1] = body, body
     weights = np.zeros(t, np.float32)
     weights[half:2 * half] = 1
-    return _example(self.cfg, seq, weights, np.arange(half, 2 * half))
+    return _example(self.cfg, seq[:-1], seq[1:], weights, np.arange(half, 2 * half))
 
 
 class Synthetic:
