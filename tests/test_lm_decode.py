@@ -118,3 +118,13 @@ def test_generate_top_k_samples_only_from_top_k():
   logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], 1))
   top2_BN2 = jax.lax.top_k(logits_BTV[:, 2:-1], 2)[1]
   assert bool(jnp.all((top2_BN2 == new_BN[..., None]).any(-1)))
+
+
+def test_attention_only_blocks_have_no_mlp_and_decode_exactly():
+  cfg = tiny_lm_config("mha")
+  cfg.mlp_dim = 0  # Zoology's MQAR models: attention-only blocks.
+  model, params, tokens_BT = _setup(cfg)
+  assert not any("mlp" in k for block in ("block_0", "block_1") for k in params[block])
+  decoded_BTV, _ = _decode(model, params, tokens_BT, (4, 1, 5), jit=True)
+  assert_f32_close(decoded_BTV, model.apply({"params": params}, tokens_BT),
+                   terms=lm_terms(cfg, tokens_BT.shape[1]))

@@ -21,14 +21,14 @@ class LMConfig:
   vocab_size: int = 65  # V.
   d_model: int = 128  # D.
   num_layers: int = 4  # Transformer blocks.
-  mlp_dim: int = 512  # F, hidden width of the GELU MLP.
+  mlp_dim: int = 512  # F, hidden width of the GELU MLP; 0 = attention-only blocks (Zoology).
   tie_embeddings: bool = True  # output head = embedding matrix transposed.
   dtype: str = "float32"  # compute dtype (float32|bfloat16|float16); params stay float32.
   attention: AttentionConfig = AttentionConfig()
 
   def __post_init__(self):
-    check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers", "mlp_dim"),
-                 choices={"dtype": tuple(DTYPES)})
+    check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers"),
+                 non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES)})
 
 
 class Mlp(nn.Module):
@@ -42,7 +42,7 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
+  """x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x)) unless mlp_dim is 0."""
 
   cfg: LMConfig
 
@@ -52,6 +52,8 @@ class Block(nn.Module):
     attn = make_attention(self.cfg.attention, self.cfg.d_model, dtype, name="attn")
     h_BTD = nn.RMSNorm(dtype=dtype, name="attn_norm")(x_BTD)
     x_BTD = x_BTD + attn(h_BTD, pos_BT=pos_BT, mask_BTS=mask_BTS, decode=decode)
+    if not self.cfg.mlp_dim:
+      return x_BTD
     h_BTD = nn.RMSNorm(dtype=dtype, name="mlp_norm")(x_BTD)
     return x_BTD + Mlp(self.cfg.mlp_dim, dtype, name="mlp")(h_BTD)
 
