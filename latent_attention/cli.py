@@ -38,7 +38,7 @@ def run(main, config_flag: str | None = None) -> None:
     try:
       rest = flags.FLAGS(argv)
     except Exception as e:  # pylint: disable=broad-except
-      if "--traceback" in argv:
+      if any(a in ("--traceback", "--traceback=true", "--traceback=1") for a in argv):
         raise
       fail(explain_flags(argv, config_flag) or one_line(e))
     if config_flag and not isinstance(flags.FLAGS[config_flag].value,
