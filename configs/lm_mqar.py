@@ -6,7 +6,7 @@ r"""Multi-query associative recall (Zoology, arXiv 2312.04927), generated in mem
 Arguments (comma-separated): an attention variant of lm_shakespeare.VARIANTS (default mha),
 optional `perceiver_ar` (cross-attention + one self-attention layer over the last M = 16
 positions: only queries there are scored), `zoology` (Zoology's figure-2 recipe at T=64 with 4
-pairs, as far as a CPU allows: one head, no MLP, d_model 64, batch 512, 20 passes over a fixed
+pairs, as far as a CPU allows: one head, no MLP, d_model 64, batch 512, 5 passes over a fixed
 set of 100k examples, cosine decay) and `runlocal`.
 
   python train.py --config=configs/lm_mqar.py:mha,zoology --workdir=/tmp/mqar_zoology The reported `accuracy` is recall
@@ -76,15 +76,16 @@ def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
   if "zoology" in args:
     # Zoology (arXiv 2312.04927, figure 2; zoology/experiments): 2 attention-only layers with
     # one head, batch 512 at T=64, AdamW with weight decay 0.1 and cosine decay, lr from
-    # logspace(1e-4, 1e-2, 4) (2.2e-3 here), 100k training examples for up to 64 epochs.
+    # logspace(1e-4, 1e-2, 4) (2.2e-3 here), 100k training examples for up to 64 epochs. Here
+    # 5 epochs: a 20-epoch run had 99.9% validation recall after its 5th (a CPU budget).
     config.model.update(d_model=64, mlp_dim=0)
     config.model.attention.update(num_heads=1, num_kv_heads=1, head_dim=64)
     config.data.update(seq_len=64, num_kv_pairs=4, num_train_examples=100_000)
     steps_per_epoch = config.data.num_train_examples // 512
-    config.train.update(batch_size=512, num_steps=20 * steps_per_epoch, learning_rate=2.2e-3,
+    config.train.update(batch_size=512, num_steps=5 * steps_per_epoch, learning_rate=2.2e-3,
                         end_learning_rate=0.0, warmup_steps=100, weight_decay=0.1,
-                        eval_every=5 * steps_per_epoch, eval_batch_size=500,
-                        checkpoint_every=5 * steps_per_epoch, log_every=50)
+                        eval_every=steps_per_epoch, eval_batch_size=500,
+                        checkpoint_every=steps_per_epoch, log_every=50)
   if "runlocal" in args:
     config.model.update(d_model=32, mlp_dim=64, vocab_size=64)
     config.model.attention.update(head_dim=8, kv_lora_rank=8, qk_nope_head_dim=8,
