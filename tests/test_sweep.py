@@ -239,7 +239,7 @@ def test_lm_attention_runs_match_mha_parameters_within_1_percent(arg):
 
 
 @pytest.mark.parametrize("spec", ["lm_attention.py", "lm_attention.py:large", "mla_rank.py",
-                                  "perceiver_latents.py"])
+                                  "perceiver_latents.py", "mqar.py", "mqar.py:zoology"])
 @pytest.mark.parametrize("runlocal", [False, True])
 def test_shipped_sweeps_build_valid_models(spec, runlocal):
   sweep = config_files.load(os.path.join(SWEEPS, spec))
