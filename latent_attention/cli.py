@@ -122,11 +122,12 @@ def quiet_library_logs() -> None:
   """Drops library log lines a user cannot act on; their other warnings and errors still show.
 
   Orbax logs every save (INFO) and warns that a reading manager is read only, TFDS logs every
-  dataset-info load and recommends OpenCV for image decoding, JAX logs its TPU probe at start-up.
+  dataset-info load, recommends OpenCV for image decoding and warns about a dataset folder not
+  yet prepared (the one-line error that follows says what to do); JAX logs its TPU probe.
   """
   import logging as py_logging  # absl's handler sits on the standard logging tree.
   chatty = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
-  noise = ("Given directory is read only", "OpenCV is not installed")
+  noise = ("Given directory is read only", "OpenCV is not installed", "has no dataset_info.json")
 
   class _Filter(py_logging.Filter):
 
