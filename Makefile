@@ -35,7 +35,6 @@ lock: venv  ## Re-pin requirements.lock from requirements.txt (then `make venv` 
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 \
 	  -o requirements.lock
-	rm -f $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,10 +7,10 @@ Arguments (comma-separated): an attention variant of lm_shakespeare.VARIANTS (de
 optional `perceiver_ar` (cross-attention + one self-attention layer over the last M = 16
 positions: only queries there are scored), `zoology` (Zoology's figure-2 recipe at T=64 with 4
 pairs, as far as a CPU allows: one head, no MLP, d_model 64, batch 512, 5 passes over a fixed
-set of 100k examples, cosine decay) and `runlocal`.
+set of 100k examples, cosine decay) and `runlocal`. The reported `accuracy` is recall accuracy:
+only query positions are scored.
 
-  python train.py --config=configs/lm_mqar.py:mha,zoology --workdir=/tmp/mqar_zoology The reported `accuracy` is recall
-accuracy: only query positions are scored.
+  python train.py --config=configs/lm_mqar.py:mha,zoology --workdir=/tmp/mqar_zoology
 """
 
 import os

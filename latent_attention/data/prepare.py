@@ -82,13 +82,13 @@ def splits_text(splits: dict) -> str:
 
 def reachable(urls, timeout: float = 5.0) -> bool:
   """Whether the first download URL answers; offline, TFDS would retry for minutes instead."""
-  for url in list(urls)[:1]:
-    try:
-      with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-        return True
-    except OSError:
-      return False
-  return False
+  if not urls:
+    return False
+  try:
+    with urllib.request.urlopen(urllib.request.Request(urls[0], method="HEAD"), timeout=timeout):
+      return True
+  except OSError:
+    return False
 
 
 def ensure_prepared(name: str, data_dir: str | None = None):

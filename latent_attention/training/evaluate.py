@@ -22,11 +22,10 @@ def restore_experiment(workdir: str, step: int | None = None):
       exp, state = _restore(mngr, step)
     except Exception as e:  # pylint: disable=broad-except
       readable = []
-      for other in sorted(mngr.all_steps(), reverse=True):
+      for other in sorted(set(mngr.all_steps()) - {step}, reverse=True):
         try:
-          if other != step:
-            _restore(mngr, other)
-            readable.append(str(other))
+          _restore(mngr, other)
+          readable.append(str(other))
         except Exception:  # pylint: disable=broad-except
           pass
       others = (f"readable steps: {', '.join(readable)} (pass --step={readable[0]})"
