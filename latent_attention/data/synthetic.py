@@ -10,8 +10,9 @@ distinct values, query slots drawn from a power law over the slots after the con
 random tokens of the whole vocabulary (`mqar_random_filler`), and the answer never shown in the
 input (`mqar_show_answer`: the older variant put each value after its query key).
 
-`copy`: random tokens, a separator, then the same tokens again; only the copy is scored. With `scored_positions`, examples also carry `positions`, the indices of the scored
-positions (a fixed number per task), so the LM computes its vocabulary-sized head only there.
+`copy`: random tokens, a separator, then the same tokens again; only the copy is scored. With
+`scored_positions`, examples also carry `positions`, the indices of the scored positions (a
+fixed number per task), so the LM computes its vocabulary-sized head only there.
 Example i is a pure function of (seed, split, i), so the sources are random access and
 deterministic like the TFDS ones.
 """
