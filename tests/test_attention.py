@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from latent_attention.attention import AttentionConfig, make_attention
-from latent_attention.attention.core import dot_product_attention
-from latent_attention.attention.rope import apply_rope
+from latent_attention.attention import core
+from latent_attention.attention.core import cached_attention, dot_product_attention
+from latent_attention.attention.rope import apply_rope, lowrank_key_logits
 from latent_attention.config import from_config
 from latent_attention.models import build_model
 
@@ -66,6 +67,48 @@ def test_core_matches_reference(implementation, num_kv, v_dim):
     # q.k over H=8 (exp scales its rounding by the logits, |0.3 q.k| <~ 4: 32), softmax over
     # S=6 and the weighted sum over S=6: 44, rounded up to 64.
     assert_f32_close(out, ref, terms=64)
+
+
+@pytest.mark.parametrize("layout", ["heads_major_k2", "shared_head_3d", "two_parts_mixed_k",
+                                    "query_chunks"])
+def test_cached_attention_matches_reference(layout, monkeypatch):
+  """The decode core against per-head loops over the [B, S, K, H] cache it replaces."""
+  b, t, n, s = 2, 5, 4, 9
+  keys = jax.random.split(jax.random.key(1), 6)
+  q = jax.random.normal(keys[0], (b, t, n, 8))
+  mask = jax.random.bernoulli(keys[3], 0.7, (b, t, s)).at[:, :, 0].set(True)
+  heads_major = lambda x_BSKH: jnp.swapaxes(x_BSKH, 1, 2)
+  if layout == "two_parts_mixed_k":  # A per-head nope part and one RoPE part shared by all.
+    k_nope, k_rope = (jax.random.normal(keys[1], (b, s, n, 6)),
+                      jax.random.normal(keys[2], (b, s, 1, 2)))
+    v = jax.random.normal(keys[4], (b, s, n, 3))
+    out = cached_attention((q[..., :6], q[..., 6:]), (heads_major(k_nope), k_rope[:, :, 0]),
+                           heads_major(v), mask_BTS=mask, scale=0.3)
+    k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (b, s, n, 2))], -1)
+  else:
+    num_kv = {"heads_major_k2": 2, "shared_head_3d": 1, "query_chunks": 2}[layout]
+    k, v = (jax.random.normal(keys[i], (b, s, num_kv, 8)) for i in (1, 2))
+    if layout == "query_chunks":  # T=5 queries in blocks of 2: three blocks, one padded.
+      monkeypatch.setattr(core, "QUERY_CHUNK", 2)
+    cache_k, cache_v = ((x[:, :, 0] if num_kv == 1 else heads_major(x)) for x in (k, v))
+    out = jax.jit(cached_attention, static_argnames="scale")(
+        (q,), (cache_k,), cache_v, mask_BTS=mask, scale=0.3)
+  ref = _reference_attention(*map(np.asarray, (q, k, v, mask)), 0.3)
+  # As test_core_matches_reference: q.k over H=8, softmax and sum over S=9: 2 (8 + 9) < 64.
+  assert_f32_close(out, ref, terms=64)
+
+
+def test_lowrank_key_logits_equal_rotating_expanded_keys():
+  b, t, n, s, r, h = 2, 3, 4, 11, 3, 8
+  keys = jax.random.split(jax.random.key(2), 3)
+  q_BTNH = apply_rope(jax.random.normal(keys[0], (b, t, n, h)), jnp.arange(t)[None] + 4)
+  c_BNSC = jax.random.normal(keys[1], (b, n, s, r))
+  w_CH = jax.random.normal(keys[2], (r, h))
+  k_BSNH = apply_rope(jnp.einsum("BNSC,CH->BSNH", c_BNSC, w_CH), jnp.arange(s)[None])
+  expected = np.einsum("btnh,bsnh->bnts", np.asarray(q_BTNH), np.asarray(k_BSNH))
+  # Angles up to s·1 rad (rounded by eps·s in float32 sin/cos, 10 here), then sums over C=3
+  # and H=8 of products of O(|q| |c| |w|) terms: ~ 10 + 3 + 8, rounded up.
+  assert_f32_close(lowrank_key_logits(q_BTNH, c_BNSC, w_CH), expected, terms=32)
 
 
 def test_core_causal_flag_equals_explicit_mask():

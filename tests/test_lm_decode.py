@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from latent_attention import kv_cache_bytes, kv_cache_formula_bytes
+from latent_attention.attention import core
 from latent_attention.models import build_model
 from latent_attention.models.decoding import decode_chunks, generate, init_cache
 
-from conftest import assert_f32_close, lm_terms, tiny_lm_config
+from conftest import LM_VARIANTS, assert_f32_close, lm_terms, tiny_lm_config, variant_id
 
 
 _PARAMS = {}  # (config JSON, seed) -> params: one init per variant, shared by this file's tests.
@@ -40,6 +41,20 @@ def test_decode_matches_full_forward(lm_variant, chunks, jit):
   decoded_BTV, _ = _decode(model, params, tokens_BT, chunks, jit)
   # The whole LM over t=10 keys (conftest.lm_terms), relative to max |logits|.
   assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(lm_variant, tokens_BT.shape[1]))
+
+
+@pytest.mark.parametrize("variant", [v for v in LM_VARIANTS if "q_lora_rank" not in v[1]
+                                     and "lowrank_combine" not in v[1]
+                                     and "head_gated_keep_fraction" not in v[1]],
+                         ids=variant_id)  # One variant per decode path.
+def test_long_prefill_in_query_chunks_then_steps_matches_full_forward(variant, monkeypatch):
+  """A prompt filling most of a 200-slot cache, attended in query blocks, then 4 steps."""
+  monkeypatch.setattr(core, "QUERY_CHUNK", 64)  # the 196-token prefill: 4 blocks, one padded.
+  cfg = tiny_lm_config(variant[0], **variant[1])
+  model, params, tokens_BT = _setup(cfg, b=1, t=200)
+  full_BTV = model.apply({"params": params}, tokens_BT)
+  decoded_BTV, _ = _decode(model, params, tokens_BT, (196, 1, 1, 1, 1), jit=True)
+  assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(cfg, tokens_BT.shape[1]))
 
 
 def test_cache_bytes_equal_formula(lm_variant):
@@ -75,6 +90,19 @@ def test_absorbed_cache_holds_only_latent_and_rope_key():
     assert leaves == {"cached_ckv": (2, 9, 12), "cached_k_rope": (2, 9, 4)}
 
 
+@pytest.mark.parametrize("kind,batch,shapes", [
+    ("mha", 2, {"cached_key": (2, 4, 9, 8), "cached_value": (2, 4, 9, 8)}),
+    ("mqa", 2, {"cached_key": (2, 9, 8), "cached_value": (2, 9, 8)}),
+    ("lowrank_gated", 2, {"cached_k_latent": (2, 4, 9, 4), "cached_v_latent": (2, 4, 9, 4)}),
+    ("mha", 1, {"cached_key": (4, 9, 8), "cached_value": (4, 9, 8)}),
+    ("mla", 1, {"cached_ckv": (9, 12), "cached_k_rope": (9, 4)})])
+def test_decode_cache_is_heads_major(kind, batch, shapes):
+  """[B, K, S, H], each head's keys contiguous (core.cached_attention); one head: [B, S, H];
+  one sequence: no batch axis (attention/cache.py)."""
+  cache = init_cache(build_model(tiny_lm_config(kind)), batch, 9)
+  assert {k: v.shape for k, v in cache["block_0"]["attn"].items()} == shapes
+
+
 @pytest.mark.parametrize("layers,expected", [(27, 15_552), (60, 34_560)])
 def test_deepseek_v2_shaped_cache_per_token(layers, expected):
   cfg = tiny_lm_config("mla", num_heads=16, kv_lora_rank=512, qk_nope_head_dim=128,
@@ -102,13 +130,14 @@ def test_gqa_with_all_heads_equals_mha_and_mqa_equals_gqa_one_head():
 
 
 def test_generate_greedy_matches_argmax_of_full_forward(lm_variant):
-  model, params, prompt_BT = _setup(lm_variant, t=4)
+  """A prompt over half of generate's buffer (prompt + new tokens), the last step its last slot."""
+  model, params, prompt_BT = _setup(lm_variant, t=7)
   new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=5,
                     temperature=0.0)
   assert new_BN.shape == (2, 5)
   seq_BT = jnp.concatenate([prompt_BT, new_BN], axis=1)
   logits_BTV = model.apply({"params": params}, seq_BT)
-  np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 3:-1], -1), new_BN)
+  np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 6:-1], -1), new_BN)
 
 
 def test_generate_top_k_samples_only_from_top_k():

@@ -103,7 +103,8 @@ def test_cache_bytes_equal_formula(variant):
                                 jnp.zeros((b, t), jnp.int32))
     assert kv_cache_bytes(mutated["cache"]) == kv_cache_formula_bytes(cfg, t, b)
   for path, leaf in jax.tree_util.tree_leaves_with_path(init_cache(model, 2, 9)):
-    assert leaf.shape[:2] == (2, 9) or leaf.dtype == jnp.int32, path  # Cross and self layers.
+    if leaf.dtype != jnp.int32:  # Cross and self layers: [B, S, C], or [B, K, S, H] heads-major.
+      assert (leaf.shape[0], leaf.shape[2 if leaf.ndim == 4 else 1]) == (2, 9), path
 
 
 def test_generate_greedy_matches_argmax_of_full_forward(variant):

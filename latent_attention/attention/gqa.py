@@ -1,7 +1,8 @@
 """Multi-head, grouped-query and multi-query attention (Shazeer 2019; Ainslie et al. 2023).
 
 One module: N query heads share K key/value heads in groups of G = N / K. `mha` is K = N,
-`mqa` is K = 1 (Shazeer 2019). The cache holds K and V: 2·K·H elements per token per layer.
+`mqa` is K = 1 (Shazeer 2019). The cache holds K and V, heads-major [B, K, S, H]: 2·K·H elements
+per token per layer.
 """
 
 import functools
@@ -12,7 +13,7 @@ from flax import linen as nn
 
 from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
-from latent_attention.attention.core import dot_product_attention, plan_masks
+from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
 from latent_attention.attention.rope import apply_rope
 
 
@@ -45,10 +46,12 @@ class GroupedQueryAttention(nn.Module):
     if pos_BT is not None:
       q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
       k_BSKH = apply_rope(k_BSKH, kv_pos_BS, cfg.rope_theta)
-    if decode and (cached := cache.update(self, pos_BT, cached_key=k_BSKH,
-                                          cached_value=v_BSKH)):
+    if decode and (cached := cache.update(self, pos_BT, **cache.heads_major(
+        cached_key=k_BSKH, cached_value=v_BSKH))):
       buffers, mask_BTS = cached
-      k_BSKH, v_BSKH, is_causal = buffers["cached_key"], buffers["cached_value"], False
-    out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS=mask_BTS,
-                                     is_causal=is_causal, implementation=cfg.implementation)
+      out_BTNH = cached_attention((q_BTNH,), (buffers["cached_key"],), buffers["cached_value"],
+                                  mask_BTS=mask_BTS, scale=h ** -0.5)
+    else:
+      out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS=mask_BTS,
+                                       is_causal=is_causal, implementation=cfg.implementation)
     return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")

@@ -4,9 +4,11 @@ docs/design.md).
 Each head i has its own rank-r key latent U_k,i x and value latent U_v,i x (U_k, U_v: D -> N·r);
 one up-projection V_k (V_v): r -> H, shared by all heads, expands them to head width. Queries are
 the usual per-head W_Q x. A gate g = softmax(W_g x) over the N heads (per token) weights each
-head's output. The cache holds the rank-r latents, 2·N·r elements per token per layer, and V_k,
-V_v are re-applied to the whole cache every step (RoPE sits between V_k and the score, so V_k
-cannot be folded into the query as MLA's absorbed mode does).
+head's output. The cache holds the rank-r latents heads-major, 2·N·r elements per token per
+layer. Decoding applies V_v after the attention-weighted sum of the value latents (it is linear
+and shared by the heads). RoPE sits between V_k and the score, so V_k cannot be folded into the
+query as MLA's absorbed mode does; `rope.lowrank_key_logits` instead takes the logits straight
+from the key latents with a cos|sin table, never forming the [B, N, S, H] keys.
 
 Fixes to the seed's code:
   - It sums the gated heads to width H, then reshapes [B, T, H] to [B, T, D] and crashes
@@ -27,8 +29,8 @@ from flax import linen as nn
 
 from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
-from latent_attention.attention.core import dot_product_attention, plan_masks
-from latent_attention.attention.rope import apply_rope
+from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
+from latent_attention.attention.rope import apply_rope, lowrank_key_logits
 
 
 class LowRankGatedAttention(nn.Module):
@@ -57,19 +59,33 @@ class LowRankGatedAttention(nn.Module):
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
-    if decode and (cached := cache.update(self, pos_BT, cached_k_latent=ck_BSNC,
-                                          cached_v_latent=cv_BSNC)):
+    if decode and (cached := cache.update(self, pos_BT, **cache.heads_major(
+        cached_k_latent=ck_BSNC, cached_v_latent=cv_BSNC))):
       buffers, mask_BTS = cached
-      ck_BSNC, cv_BSNC, is_causal = buffers["cached_k_latent"], buffers["cached_v_latent"], False
-      b, s = ck_BSNC.shape[:2]
-      kv_pos_BS = jnp.broadcast_to(jnp.arange(s), (b, s))
-    k_BSNH = dense(ck_BSNC, h, name="k_up")
-    v_BSNH = dense(cv_BSNC, h, name="v_up")
-    if pos_BT is not None:
+      ck_BNSC, cv_BNSC = buffers["cached_k_latent"], buffers["cached_v_latent"]
       q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
-      k_BSNH = apply_rope(k_BSNH, kv_pos_BS, cfg.rope_theta)
-    out_BTNH = dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask_BTS=mask_BTS,
-                                     is_causal=is_causal, implementation=cfg.implementation)
+      if x_BTD.shape[1] * r < h:  # Decoding: logits straight from the latents.
+        w_CH = self.variables["params"]["k_up"]["kernel"].astype(self.dtype)
+        o_BTNC = cached_attention((), (), cv_BNSC, mask_BTS=mask_BTS, scale=h ** -0.5,
+                                  logits_BNTS=lowrank_key_logits(q_BTNH, ck_BNSC, w_CH,
+                                                                 cfg.rope_theta))
+      else:  # A long chunk (prefill): expanding the keys once is cheaper.
+        b, _, s = ck_BNSC.shape[:3]
+        k_BNSH = apply_rope(dense(ck_BNSC, h, name="k_up"),
+                            jnp.broadcast_to(jnp.arange(s), (b, s)), cfg.rope_theta,
+                            heads_major=True)
+        o_BTNC = cached_attention((q_BTNH,), (k_BNSH,), cv_BNSC, mask_BTS=mask_BTS,
+                                  scale=h ** -0.5)
+      # V_v is linear and shared by the heads: applied after the weighted sum of the latents.
+      out_BTNH = dense(o_BTNC, h, name="v_up")
+    else:
+      k_BSNH = dense(ck_BSNC, h, name="k_up")
+      v_BSNH = dense(cv_BSNC, h, name="v_up")
+      if pos_BT is not None:
+        q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
+        k_BSNH = apply_rope(k_BSNH, kv_pos_BS, cfg.rope_theta)
+      out_BTNH = dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask_BTS=mask_BTS,
+                                       is_causal=is_causal, implementation=cfg.implementation)
     gate_logits_BTN = nn.Dense(n, dtype=self.dtype, name="gate")(x_BTD)
     gate_BTN = jax.nn.softmax(gate_logits_BTN.astype(jnp.float32), axis=-1).astype(self.dtype)
     if cfg.lowrank_combine == "sum":

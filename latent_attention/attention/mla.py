@@ -8,8 +8,12 @@ layer. Decode modes (`mla_decode_mode`), equal in exact arithmetic:
   naive     caches the expanded per-head K and V (what MHA would cache), for reference;
   latent    caches c_KV and k_R and re-expands K and V over the whole cache every step;
   absorbed  caches c_KV and k_R and never expands: W_UK is folded into the query, so scores
-            are taken against c_KV directly (a single shared "kv head" of width d_c + d_R),
-            and W_UV is applied after the weighted sum over c_KV.
+            are taken against c_KV and k_R directly (one shared "kv head" of width d_c + d_R,
+            read from the two buffers), and W_UV is applied after the weighted sum over c_KV.
+            A chunk long enough that expanding is cheaper in FLOPs (a prefill;
+            `absorb_is_cheaper`) expands instead.
+
+Decoding reads the cache through `core.cached_attention` (naive mode: heads-major [B, N, S, H]).
 """
 
 import functools
@@ -20,7 +24,7 @@ from flax import linen as nn
 
 from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
-from latent_attention.attention.core import dot_product_attention, plan_masks
+from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
 from latent_attention.attention.rope import apply_rope
 
 _init = nn.initializers.lecun_normal()
@@ -70,36 +74,54 @@ class MultiHeadLatentAttention(nn.Module):
     scale = (nope + r) ** -0.5
     q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
 
-    def expand(ckv_BSC, k_rope_BSR):
+    if not decode or not (cached := self._cache(pos_BT, ckv_BSC, k_rope_BSR, w_uk_CNH,
+                                                w_uv_CNH)):
       k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", ckv_BSC, w_uk_CNH)
       k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None], (*k_rope_BSR.shape[:2], n, r))
-      v_BSNH = jnp.einsum("BSC,CNH->BSNH", ckv_BSC, w_uv_CNH)
-      return jnp.concatenate([k_nope_BSNH, k_rope_BSNR], axis=-1), v_BSNH
-
-    mode = cfg.mla_decode_mode if decode else "latent"
-    if mode == "naive":
-      k_BSNH, v_BSNH = expand(ckv_BSC, k_rope_BSR)
-      if cached := cache.update(self, pos_BT, cached_key=k_BSNH, cached_value=v_BSNH):
-        buffers, mask_BTS = cached
-        k_BSNH, v_BSNH, is_causal = buffers["cached_key"], buffers["cached_value"], False
-    else:
-      if decode and (cached := cache.update(self, pos_BT, cached_ckv=ckv_BSC,
-                                            cached_k_rope=k_rope_BSR)):
-        buffers, mask_BTS = cached
-        ckv_BSC, k_rope_BSR, is_causal = buffers["cached_ckv"], buffers["cached_k_rope"], False
-      if mode == "latent":
-        k_BSNH, v_BSNH = expand(ckv_BSC, k_rope_BSR)
-
-    if mode == "absorbed":
+      out_BTNH = dot_product_attention(
+          q_BTNH, jnp.concatenate([k_nope_BSNH, k_rope_BSNR], axis=-1),
+          jnp.einsum("BSC,CNH->BSNH", ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS,
+          is_causal=is_causal, scale=scale, implementation=cfg.implementation)
+      return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+    buffers, mask_BTS = cached
+    t = x_BTD.shape[1]
+    if cfg.mla_decode_mode == "naive":
+      out_BTNH = cached_attention((q_BTNH,), (buffers["cached_key"],), buffers["cached_value"],
+                                  mask_BTS=mask_BTS, scale=scale)
+    elif cfg.mla_decode_mode == "absorbed" and absorb_is_cheaper(cfg, t):
       q_abs_BTNC = jnp.einsum("BTNH,CNH->BTNC", q_nope_BTNH, w_uk_CNH)
-      q_BTNC = jnp.concatenate([q_abs_BTNC, q_rope_BTNR], axis=-1)
-      k_BS1C = jnp.concatenate([ckv_BSC, k_rope_BSR], axis=-1)[:, :, None]
-      o_BTNC = dot_product_attention(q_BTNC, k_BS1C, ckv_BSC[:, :, None], mask_BTS=mask_BTS,
-                                     is_causal=is_causal, scale=scale,
-                                     implementation=cfg.implementation)
+      ckv_BSC = buffers["cached_ckv"]
+      o_BTNC = cached_attention((q_abs_BTNC, q_rope_BTNR), (ckv_BSC, buffers["cached_k_rope"]),
+                                ckv_BSC, mask_BTS=mask_BTS, scale=scale)
       out_BTNH = jnp.einsum("BTNC,CNH->BTNH", o_BTNC, w_uv_CNH)
-    else:
-      out_BTNH = dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask_BTS=mask_BTS,
-                                       is_causal=is_causal, scale=scale,
-                                       implementation=cfg.implementation)
+    else:  # latent, or a chunk long enough that expanding K and V is cheaper (a prefill).
+      ckv_BSC = buffers["cached_ckv"]
+      out_BTNH = cached_attention(
+          (q_nope_BTNH, q_rope_BTNR),
+          (jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uk_CNH), buffers["cached_k_rope"]),
+          jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS, scale=scale)
     return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+
+  def _cache(self, pos_BT, ckv_BSC, k_rope_BSR, w_uk_CNH, w_uv_CNH):
+    """Writes this chunk into the cache (see `cache.update`); naive mode caches expanded heads."""
+    if self.cfg.mla_decode_mode != "naive":
+      return cache.update(self, pos_BT, cached_ckv=ckv_BSC, cached_k_rope=k_rope_BSR)
+    n, r = self.cfg.num_heads, self.cfg.qk_rope_head_dim
+    b, s = k_rope_BSR.shape[:2]
+    k_nope_BNSH = jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uk_CNH)
+    k_rope_BNSR = jnp.broadcast_to(k_rope_BSR[:, None], (b, n, s, r))
+    return cache.update(self, pos_BT, seq_axis=2,
+                        cached_key=jnp.concatenate([k_nope_BNSH, k_rope_BNSR], axis=-1),
+                        cached_value=jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uv_CNH))
+
+
+def absorb_is_cheaper(cfg: AttentionConfig, t: int) -> bool:
+  """Absorbed attention of t queries takes fewer FLOPs than expanding K and V over the cache.
+
+  Per cached token, absorbed costs t·N·(2·d_c + d_R) (scores and sum against the latent);
+  expanding costs N·d_c·(d_nope + d_v) once, then t·N·(d_nope + d_R + d_v). Decoding (t = 1)
+  absorbs; a long prefill expands, as a full forward pass does.
+  """
+  c, nope, dv = cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.v_head_dim
+  return t * (2 * c - nope - dv) < c * (nope + dv)
+

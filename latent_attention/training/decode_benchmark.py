@@ -1,0 +1,246 @@
+"""Decode speed against the memory-bandwidth bound (docs/design.md, "Decode benchmark").
+
+A decode step of batch B reads the whole KV cache once and every weight once, so no step can
+take less than (B · cache bytes per sequence + weight bytes) / read bandwidth. `run` measures,
+for each variant x context x batch: the prefill of (context - steps) tokens of one sequence,
+the mean time of the last `steps` decode steps (one jitted `lax.scan` of greedy steps, as
+`generate` runs them, cache donated), and that bound, with the read bandwidth measured by the
+same process on the same device. It also reports the step's FLOPs (XLA's count) against the
+device's measured matmul rate: where that compute time nears the step time, the step is compute
+bound and no cache layout can reach the bandwidth bound.
+"""
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latent_attention import kv_cache_bytes
+from latent_attention.models import build_model, parse_config
+from latent_attention.models.decoding import init_cache
+from latent_attention.models.perceiver_ar import PerceiverARConfig
+from latent_attention.training import loop
+from latent_attention.training.metrics import format_duration
+
+# Variant name -> overrides of model.attention (every other field comes from the config).
+VARIANTS = {
+    "mha": dict(kind="mha"),
+    "gqa": dict(kind="gqa"),
+    "mqa": dict(kind="mqa"),
+    "mla_naive": dict(kind="mla", mla_decode_mode="naive"),
+    "mla_latent": dict(kind="mla", mla_decode_mode="latent"),
+    "mla_absorbed": dict(kind="mla", mla_decode_mode="absorbed"),
+    "lowrank_gated": dict(kind="lowrank_gated"),
+    "head_gated": dict(kind="head_gated"),
+    "perceiver_ar": dict(kind="mha"),  # Perceiver AR over the same blocks, mha attention.
+}
+DEFAULT_VARIANTS = ("mha", "gqa", "mqa", "mla_latent", "mla_absorbed", "lowrank_gated",
+                    "perceiver_ar")
+
+
+def check_variants(names) -> None:
+  for name in names:
+    if name not in VARIANTS:
+      raise ValueError(f"--variants: {name!r} is invalid: choose from {', '.join(VARIANTS)}")
+
+
+def variant_config(model_config, name: str, perceiver_latents: int):
+  """The model dataclass of variant `name` built on `model_config` (an LM section)."""
+  lm = parse_config(model_config)
+  attention = dataclasses.replace(lm.attention, **VARIANTS[name])
+  if name != "perceiver_ar":
+    return dataclasses.replace(lm, attention=attention)
+  return PerceiverARConfig(
+      vocab_size=lm.vocab_size, d_model=lm.d_model, num_latents=perceiver_latents,
+      num_layers=lm.num_layers, mlp_dim=lm.mlp_dim or 4 * lm.d_model,
+      tie_embeddings=lm.tie_embeddings, dtype=lm.dtype, attention=attention)
+
+
+def _fastest(fn, x, repeats: int) -> float:
+  """Seconds of the fastest of `repeats` blocked calls of jit(fn)(x), after a warm-up call."""
+  f = jax.jit(fn).lower(x).compile()
+  jax.block_until_ready(f(x))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(x))
+    times.append(time.perf_counter() - t0)
+  return min(times)
+
+
+def read_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
+  """Bytes/s of a jitted row-sum over an nbytes float32 array (read once, written ~0)."""
+  x = jnp.ones((nbytes // 4 // 4096, 4096), jnp.float32)
+  return x.nbytes / _fastest(lambda x: x.sum(axis=1), x, repeats)
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a jitted float32 n x n matmul: the compute rate a decode step is held to."""
+  return 2 * n ** 3 / _fastest(lambda a: a @ a, jnp.ones((n, n), jnp.float32), repeats)
+
+
+def _tree_bytes(tree) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def measure(model_cfg, *, context: int, batches, steps: int, bandwidth: float,
+            flops_rate: float, memory_gb: float = 0.0, seed: int = 0) -> list:
+  """Rows of one variant at one context: a prefill of context - steps tokens (one sequence),
+  then per batch size the time of `steps` greedy decode steps from that prefilled cache.
+
+  The prefill runs once, on one sequence: a prefill is compute bound (every batch row costs
+  the same) and a batch-8 prefill of 8k tokens takes minutes on a CPU. Its cache is repeated
+  over the batch: decode time does not depend on the cached values.
+  """
+  if steps < 1 or context <= steps:
+    raise ValueError(f"context={context} must exceed steps={steps} >= 1")
+  model = build_model(model_cfg)
+  params = jax.jit(lambda: model.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))
+                   )()["params"]
+  prompt_1T = jax.random.randint(jax.random.key(seed + 1), (1, context - steps), 0,
+                                 model_cfg.vocab_size)
+
+  def prefill(params, prompt_1T):
+    cache = init_cache(model, 1, context)
+    logits, mutated = model.apply({"params": params, "cache": cache}, prompt_1T, decode=True,
+                                  mutable=["cache"])
+    return mutated["cache"], jnp.argmax(logits[:, -1:], axis=-1).astype(jnp.int32)
+
+  def step(params, cache, tok_B1):
+    logits, mutated = model.apply({"params": params, "cache": cache}, tok_B1, decode=True,
+                                  mutable=["cache"])
+    return mutated["cache"], jnp.argmax(logits[:, -1:], axis=-1).astype(jnp.int32)
+
+  def decode(params, cache, tok_B1):  # `steps` greedy steps in one scan, as `generate` runs.
+    return jax.lax.scan(lambda carry, _: (step(params, *carry), None), (cache, tok_B1),
+                        length=steps)[0]
+
+  prefill_c = jax.jit(prefill).lower(params, prompt_1T).compile()
+  t0 = time.perf_counter()
+  cache_1, tok_11 = jax.block_until_ready(prefill_c(params, prompt_1T))
+  prefill_s = time.perf_counter() - t0
+  cache_bytes = kv_cache_bytes(cache_1)
+  dtype = next(x.dtype for x in jax.tree.leaves(cache_1) if jnp.issubdtype(x.dtype, jnp.floating))
+  formula = model.cache_elements(context, 1) * jnp.dtype(dtype).itemsize
+  weight_bytes = _tree_bytes(params)
+  rows = []
+  for batch in batches:
+    # Fresh buffers for every batch size (the decode call donates them). A one-sequence cache
+    # has no batch axis (attention/cache.py), so each leaf is broadcast to the batch's shape.
+    shapes = jax.eval_shape(lambda: init_cache(model, batch, context))
+    cache = jax.tree.map(lambda x, s: jnp.copy(jnp.broadcast_to(
+        x if x.ndim == len(s.shape) else x[None], s.shape)), cache_1, shapes)
+    tok_B1 = jnp.repeat(tok_11, batch, axis=0)
+    # XLA counts a loop body once whatever its trip count: FLOPs come from one step's program.
+    flops = loop.xla_flops(jax.jit(step).lower(params, cache, tok_B1))
+    decode_c = jax.jit(decode, donate_argnums=1).lower(params, cache, tok_B1).compile()
+    t0 = time.perf_counter()
+    cache, tok_B1 = jax.block_until_ready(decode_c(params, cache, tok_B1))
+    step_s = (time.perf_counter() - t0) / steps
+    read = kv_cache_bytes(cache) + weight_bytes
+    bound_s = read / bandwidth
+    budget = memory_gb * 2**30 - weight_bytes
+    rows.append({
+        "context": context, "batch": batch, "prefill_tokens": context - steps,
+        "prefill_s": prefill_s, "prefill_tokens_per_s": (context - steps) / prefill_s,
+        "decode_ms_per_step": step_s * 1e3, "decode_tokens_per_s": batch / step_s,
+        "cache_bytes_per_sequence": cache_bytes, "cache_formula_bytes_per_sequence": formula,
+        "cache_bytes_per_token": cache_bytes / context, "weight_bytes": weight_bytes,
+        "bytes_read_per_step": read, "achieved_gb_per_s": read / step_s / 1e9,
+        "bound_ms_per_step": bound_s * 1e3, "times_bound": step_s / bound_s,
+        "flops_per_step": flops, "achieved_gflop_per_s": flops / step_s / 1e9,
+        "compute_ms_per_step": flops / flops_rate * 1e3,
+        "max_batch_in_memory": max(0, int(budget // cache_bytes)) if memory_gb else None,
+    })
+  return rows
+
+
+def device_name() -> str:
+  """The accelerator's kind, or on CPU the processor model (jax calls every CPU "cpu")."""
+  kind = jax.devices()[0].device_kind
+  if jax.default_backend() == "cpu" and os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    if models:
+      return f"{models[0]} ({len(models)} cores)"
+  return kind
+
+
+def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: float,
+        perceiver_latents: int, log=print) -> dict:
+  """Every variant x context x batch point, with a progress line (and ETA) per point."""
+  check_variants(variants)
+  # The best of three measurements: on a shared machine one can catch a neighbour's burst.
+  bandwidth, flops_rate = max(read_bandwidth() for _ in range(3)), matmul_flops()
+  log(f"read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 matmul {flops_rate / 1e9:.0f} "
+      f"GFLOP/s ({device_name()})")
+  points = [(v, c) for v in variants for c in contexts]
+  rows, start = [], time.perf_counter()
+  for i, (name, context) in enumerate(points, 1):
+    cfg = variant_config(model_config, name, perceiver_latents)
+    for row in measure(cfg, context=context, batches=batches, steps=steps, bandwidth=bandwidth,
+                       flops_rate=flops_rate, memory_gb=memory_gb):
+      rows.append({"variant": name, **row})
+      log(f"[{len(rows)}/{len(points) * len(batches)}] {name} context={context} "
+          f"batch={row['batch']}: prefill {row['prefill_s']:.2f} s, decode "
+          f"{row['decode_ms_per_step']:.2f} ms/step ({row['decode_tokens_per_s']:,.0f} tokens/s, "
+          f"{row['times_bound']:.1f}x bound); "
+          f"ETA {format_duration((time.perf_counter() - start) / i * (len(points) - i))}")
+  final = max(bandwidth, read_bandwidth())  # Measured again after the points: the best holds.
+  if final > bandwidth:
+    log(f"read bandwidth remeasured: {final / 1e9:.1f} GB/s; bounds use it")
+    for row in rows:
+      row["bound_ms_per_step"] = row["bytes_read_per_step"] / final * 1e3
+      row["times_bound"] = row["decode_ms_per_step"] / row["bound_ms_per_step"]
+  return {"device": device_name(), "backend": jax.default_backend(),
+          "read_bandwidth_gb_per_s": final / 1e9, "matmul_gflop_per_s": flops_rate / 1e9,
+          "steps": steps, "memory_gb": memory_gb, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+  """The README table: one row per point."""
+  lines = [f"Device: {result['device']}, read bandwidth {result['read_bandwidth_gb_per_s']:.1f} "
+           f"GB/s, float32 matmul {result['matmul_gflop_per_s']:.0f} GFLOP/s; decode = mean of "
+           f"the last {result['steps']} steps (one scan). bound = (cache + weight bytes) / "
+           "bandwidth; compute = XLA's FLOPs / matmul rate.", "",
+           "| variant | context | batch | prefill s (1 seq) | decode ms/step | tokens/s "
+           "| cache B/token | bound ms | x bound | compute ms | GFLOP/s | max batch |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in result["rows"]:
+    lines.append(
+        f"| {r['variant']} | {r['context']} | {r['batch']} | {r['prefill_s']:.2f} | "
+        f"{r['decode_ms_per_step']:.2f} | {r['decode_tokens_per_s']:,.0f} | "
+        f"{r['cache_bytes_per_token']:,.0f} | {r['bound_ms_per_step']:.2f} | "
+        f"{r['times_bound']:.1f} | {r['compute_ms_per_step']:.2f} | "
+        f"{r['achieved_gflop_per_s']:.0f} | {r['max_batch_in_memory'] or '-'} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+  """Decode tokens/s vs context, one line per variant, one panel per batch size (log axes)."""
+  import matplotlib
+  import matplotlib.ticker
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = result["rows"]
+  batches = sorted({r["batch"] for r in rows})
+  fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+  for ax, batch in zip(axes[0], batches):
+    for name in dict.fromkeys(r["variant"] for r in rows):
+      pts = sorted((r["context"], r["decode_tokens_per_s"]) for r in rows
+                   if r["variant"] == name and r["batch"] == batch)
+      ax.plot(*np.array(pts).T, marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode tokens/s",
+           title=f"batch {batch}")
+    contexts = sorted({r["context"] for r in rows})
+    ax.set_xticks(contexts, [str(c) for c in contexts])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle(f"Decode speed, {result['device']}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

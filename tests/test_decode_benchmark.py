@@ -1,0 +1,46 @@
+"""scripts/benchmark_decode.py at a tiny size: every field, measured cache = formula, outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+FIELDS = {"variant", "context", "batch", "prefill_tokens", "prefill_s", "prefill_tokens_per_s",
+          "decode_ms_per_step", "decode_tokens_per_s", "cache_bytes_per_sequence",
+          "cache_formula_bytes_per_sequence", "cache_bytes_per_token", "weight_bytes",
+          "bytes_read_per_step", "achieved_gb_per_s", "bound_ms_per_step", "times_bound",
+          "flops_per_step", "achieved_gflop_per_s", "compute_ms_per_step",
+          "max_batch_in_memory"}
+
+
+def test_benchmark_decode_writes_every_field(tmp_path):
+  out = tmp_path / "decode"
+  proc = subprocess.run(
+      [sys.executable, "scripts/benchmark_decode.py", "--config=configs/lm_decode.py:runlocal",
+       "--variants=mqa,mla_absorbed,perceiver_ar", "--contexts=20", "--batches=1,2",
+       "--steps=3", "--perceiver_latents=4", "--memory_gb=0.001",
+       f"--output_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "[6/6] perceiver_ar context=20 batch=2" in proc.stdout + proc.stderr
+  result = json.loads((out / "decode.json").read_text())
+  assert {"device", "read_bandwidth_gb_per_s", "matmul_gflop_per_s", "command"} <= set(result)
+  rows = result["rows"]
+  assert len(rows) == 3 * 2
+  for row in rows:
+    assert set(row) == FIELDS, row["variant"]
+    assert row["cache_bytes_per_sequence"] == row["cache_formula_bytes_per_sequence"]
+    assert row["bytes_read_per_step"] == (row["batch"] * row["cache_bytes_per_sequence"]
+                                          + row["weight_bytes"])
+    assert row["prefill_tokens"] == row["context"] - 3
+    assert row["decode_ms_per_step"] > 0 and row["flops_per_step"] > 0
+    budget = 0.001 * 2**30 - row["weight_bytes"]
+    assert row["max_batch_in_memory"] == max(0, int(budget // row["cache_bytes_per_sequence"]))
+  mqa = {(r["context"], r["batch"]): r for r in rows if r["variant"] == "mqa"}
+  assert mqa[20, 2]["bytes_read_per_step"] > mqa[20, 1]["bytes_read_per_step"]
+  # runlocal mqa: 2 layers x (K + V) x head_dim 8 x 4 bytes per token.
+  assert mqa[20, 2]["cache_bytes_per_sequence"] == 20 * 2 * 2 * 8 * 4
+  table = (out / "decode.md").read_text()
+  assert table.count("| mla_absorbed |") == 2
+  assert os.path.getsize(out / "decode.png") > 10_000
