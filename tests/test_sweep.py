@@ -33,6 +33,7 @@ def get_config():
                                                "model.attention.num_kv_heads": 3})]
   sweep.grid = dotted({"model.attention.kind": ("mla",)})
   sweep.benchmark = ml_collections.ConfigDict(dict(steps=50, warmup=5))
+  sweep.decode = ml_collections.ConfigDict(dict(context=4096, batch=2, steps=3))
   return sweep
 '''
 
@@ -70,10 +71,12 @@ def test_sweep_end_to_end_rerun_skips_and_failure_is_reported(tiny_sweep, tmp_pa
     assert float(r["kv_bytes_per_token"]) == float(r["kv_formula_bytes_per_token"])
     assert float(r["perplexity"]) > 1 and float(r["step_time_ms"]) > 0
     assert int(r["params"]) > 0 and float(r["decode_tokens_per_s"]) > 0
+    assert float(r["decode_ms_per_step"]) > 0 and float(r["decode_x_bound"]) > 0
   assert float(mha["kv_vs_mha"]) == 1.0
   assert float(mla["kv_vs_mha"]) == (8 + 4) / (2 * 4 * 8)  # (d_c + d_R) / (2 N H), runlocal.
   markdown = (tmp_path / "sweep" / "results.md").read_text()
   assert "| KV bytes/token (measured) |" in markdown and "| failed |" in markdown
+  assert "| decode x bound |" in markdown
   assert "bits/token" not in markdown  # a column no run fills is left out.
   for png in ("pareto.png", "loss_curves.png", "speed.png"):
     assert os.path.getsize(os.path.join(workdir, png)) > 1000

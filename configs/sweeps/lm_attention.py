@@ -125,4 +125,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   sweep.benchmark = ml_collections.ConfigDict()
   sweep.benchmark.steps = 50  # timed train steps per run (median reported).
   sweep.benchmark.warmup = 5  # untimed steps first (compilation included).
+  # Decode speed of each run's model (scripts/benchmark_decode.py's measurement) at one point.
+  sweep.decode = ml_collections.ConfigDict()
+  sweep.decode.context = 2048  # cache length (prefill = context - steps).
+  sweep.decode.batch = 8  # sequences decoded at once.
+  sweep.decode.steps = 16  # timed greedy steps.
   return sweep

@@ -38,6 +38,8 @@ COLUMNS = (
     ("step_time_ms", "step time (ms)", "{:.1f}"),
     ("tokens_per_s", "train tokens/s", "{:,.0f}"),
     ("decode_tokens_per_s", "decode tokens/s", "{:,.0f}"),
+    ("decode_ms_per_step", "decode ms/step (benchmark)", "{:.2f}"),
+    ("decode_x_bound", "decode x bound", "{:.1f}x"),
     ("train_wall_s", "train wall (s)", "{:.0f}"),
     ("status", "status", "{}"),
     ("error", "error", "{}"),

@@ -13,6 +13,9 @@ A sweep file (configs/sweeps/*.py) has `get_config(arg)` returning a ConfigDict 
                       after the keys' last parts and the values (e.g. kv_lora_rank16).
   benchmark           steps and warmup of the train-step timing (`benchmarking.benchmark`;
                       default 50 and 5).
+  decode              optional {context, batch, steps}: each LM run's model is also timed by
+                      the decode benchmark (`decode_benchmark.measure`) at that point: decode
+                      ms/step and its ratio to the bandwidth bound (--runlocal: context 32).
   quality             the y axis of the LM runs' KV-cache plot: perplexity (default) or
                       accuracy (recall tasks such as MQAR); also the metric runs are compared on.
   seeds               optional: the values of config.seed each run is trained with, e.g. (0, 1,
@@ -30,6 +33,7 @@ the run resumes next time; otherwise once the current run is done. results.csv, 
 the plots cover every run of the sweep that has a result.json.
 """
 
+import functools
 import itertools
 import json
 import os
@@ -40,8 +44,9 @@ from typing import NamedTuple
 
 from absl import logging
 
-from latent_attention.training import (benchmarking, checkpoint, config_files, evaluate, loop,
-                                       metrics, resume, results)
+from latent_attention import models
+from latent_attention.training import (benchmarking, checkpoint, config_files, decode_benchmark,
+                                       evaluate, loop, metrics, resume, results)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # --runlocal is a smoke test: its timings mean nothing, so time few steps.
@@ -192,6 +197,8 @@ def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
     # The table's decode speed is evaluate_workdir's: the benchmark skips its own.
     timed = benchmarking.benchmark(config, timing["steps"], timing["warmup"], decode_tokens=0)
     row = {**_describe(name, config), **_measured(config, run_dir, evaluated, timed, wall)}
+    if sweep.get("decode") and evaluated.get("kv_cache_bytes_per_token") is not None:
+      row.update(_decode_point(config, sweep.decode, runlocal))
   except Exception as e:  # one failed run must not stop the others.
     with open(os.path.join(run_dir, ERROR), "w") as f:
       f.write(traceback.format_exc())
@@ -201,6 +208,23 @@ def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
            "status": "failed", "error": error}
   checkpoint.dump_json(os.path.join(run_dir, RESULT), {**row, "config": config_json})
   return None
+
+
+@functools.cache
+def _device_rates():
+  """(read bytes/s, matmul FLOP/s) of this device, measured once per sweep process."""
+  return (max(decode_benchmark.read_bandwidth() for _ in range(3)),
+          decode_benchmark.matmul_flops())
+
+
+def _decode_point(config, point, runlocal) -> dict:
+  """The decode benchmark's ms/step and x bound for the run's model (random weights)."""
+  bandwidth, flops_rate = _device_rates()
+  (row,) = decode_benchmark.measure(
+      models.parse_config(config.model), context=32 if runlocal else point.context,
+      batches=(point.batch,), steps=point.get("steps", 16), bandwidth=bandwidth,
+      flops_rate=flops_rate)
+  return {"decode_ms_per_step": row["decode_ms_per_step"], "decode_x_bound": row["times_bound"]}
 
 
 def _as_json(obj):
