@@ -140,6 +140,18 @@ def test_generate_greedy_matches_argmax_of_full_forward(lm_variant):
   np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 6:-1], -1), new_BN)
 
 
+@pytest.mark.parametrize("kind,extra", [("mha", {}), ("mla", {"mla_decode_mode": "absorbed"}),
+                                        ("lowrank_gated", {})], ids=["mha", "mla", "lowrank"])
+def test_generate_one_token_after_a_prompt_filling_the_cache(kind, extra):
+  """max_new_tokens=1: the prompt fills every slot generate allocates but the one it never
+  writes (the new token is sampled from the prefill's last logits; no decode step runs)."""
+  model, params, prompt_BT = _setup(tiny_lm_config(kind, **extra), t=11)
+  new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=1,
+                    temperature=0.0)
+  logits_BTV = model.apply({"params": params}, prompt_BT)
+  np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, -1:], -1), new_BN)
+
+
 def test_generate_top_k_samples_only_from_top_k():
   model, params, prompt_BT = _setup(tiny_lm_config("mla"), t=3)
   new_BN = generate(model, params, prompt_BT, jax.random.key(3), max_new_tokens=6,
