@@ -1,11 +1,14 @@
 r"""Train-step and decode speed of a config (a benchmark, not a test).
 
   python scripts/benchmark.py --config=configs/lm_shakespeare.py:nanogpt_cpu --peak_tflops=1.0
+  python scripts/benchmark.py --config=configs/lm_shakespeare.py:mha,nanogpt_cpu --profile
 
 Prints the median wall time of the jitted train step after warm-up (block_until_ready on
 every step), tokens/s, XLA-counted FLOPs per token and model FLOPs utilisation against
 --peak_tflops, the time per step of the whole input pipeline + step loop, and the decode
-tokens/s of cached generation. Writes the numbers as JSON with --output.
+tokens/s of cached generation. --profile adds where the train step's time goes: per-op times
+from a jax.profiler trace of --profile_steps steps, split into forward, backward and optimizer
+(training/step_profile.py), and the top ops. Writes the numbers as JSON with --output.
 """
 
 import json
@@ -14,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from latent_attention import cli
+from latent_attention.training import step_profile
 from latent_attention.training.benchmarking import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
@@ -26,15 +30,22 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 =
                           lower_bound=0.0)
 _DECODE = flags.DEFINE_integer("decode_tokens", 128, "Tokens generated for decode speed.",
                               lower_bound=1)
+_PROFILE = flags.DEFINE_bool("profile", False, "Also print a per-op profile of the train step.")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 10, "Train steps traced by --profile.",
+                                      lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 flags.mark_flag_as_required("config")
 
 
 def main(argv):
   del argv
-  out = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _PEAK.value, _DECODE.value)
+  out = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _PEAK.value, _DECODE.value,
+                  _PROFILE_STEPS.value if _PROFILE.value else 0)
   for k, v in out.items():
-    print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+    if k != "profile":
+      print(f"{k:>24}: {v:.6g}" if isinstance(v, float) else f"{k:>24}: {v}")
+  if "profile" in out:
+    print(step_profile.format_profile(out["profile"]))
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
       json.dump(out, f, indent=2)

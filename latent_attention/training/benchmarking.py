@@ -6,12 +6,13 @@ import time
 import jax
 
 from latent_attention.training import evaluate as evaluate_lib
-from latent_attention.training import loop
+from latent_attention.training import loop, step_profile
 
 
 def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0,
-              decode_tokens: int = 128) -> dict:
-  """Median train-step time, tokens/s, XLA FLOPs per token, MFU and decode tokens/s."""
+              decode_tokens: int = 128, profile_steps: int = 0) -> dict:
+  """Median train-step time, tokens/s, XLA FLOPs per token, MFU and decode tokens/s; with
+  profile_steps, also the per-op profile of that many steps (`step_profile.profile`)."""
   exp = loop.setup(config)
   data_iter = iter(exp.dataset.train_loader(config.train.batch_size, config.seed))
   state = exp.init_state(jax.random.key(config.seed))
@@ -43,4 +44,6 @@ def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0
   if decode_tokens and exp.dataset.task == "lm" and hasattr(exp.model, "cache_elements"):
     out["decode_tokens_per_s"] = evaluate_lib.decode_speed(
         exp, state.params, max(1, config.data.seq_len // 2), decode_tokens)
+  if profile_steps:  # Last: the traced steps consume (donate) the state.
+    out["profile"] = step_profile.profile(compiled, (state, batch), profile_steps)
   return out
