@@ -88,11 +88,14 @@ def test_cached_attention_matches_reference(layout, monkeypatch):
   else:
     num_kv = {"heads_major_k2": 2, "shared_head_3d": 1, "query_chunks": 2}[layout]
     k, v = (jax.random.normal(keys[i], (b, s, num_kv, 8)) for i in (1, 2))
+    cache_k, cache_v = ((x[:, :, 0] if num_kv == 1 else heads_major(x)) for x in (k, v))
+    attend = jax.jit(cached_attention, static_argnames="scale")
     if layout == "query_chunks":  # T=5 queries in blocks of 2: three blocks, one padded.
       monkeypatch.setattr(core, "QUERY_CHUNK", 2)
-    cache_k, cache_v = ((x[:, :, 0] if num_kv == 1 else heads_major(x)) for x in (k, v))
-    out = jax.jit(cached_attention, static_argnames="scale")(
-        (q,), (cache_k,), cache_v, mask_BTS=mask, scale=0.3)
+      attend = cached_attention  # Not jitted: a cached trace would not see the patched size.
+      assert "scan[" in str(jax.make_jaxpr(lambda q, k, v: cached_attention(
+          (q,), (k,), v, mask_BTS=mask, scale=0.3))(q, cache_k, cache_v))  # lax.map's loop.
+    out = attend((q,), (cache_k,), cache_v, mask_BTS=mask, scale=0.3)
   ref = _reference_attention(*map(np.asarray, (q, k, v, mask)), 0.3)
   # As test_core_matches_reference: q.k over H=8, softmax and sum over S=9: 2 (8 + 9) < 64.
   assert_f32_close(out, ref, terms=64)

@@ -12,7 +12,7 @@ from latent_attention.attention import core
 from latent_attention.models import build_model
 from latent_attention.models.decoding import decode_chunks, generate, init_cache
 
-from conftest import LM_VARIANTS, assert_f32_close, lm_terms, tiny_lm_config, variant_id
+from conftest import assert_f32_close, lm_terms, tiny_lm_config, variant_id
 
 
 _PARAMS = {}  # (config JSON, seed) -> params: one init per variant, shared by this file's tests.
@@ -43,10 +43,10 @@ def test_decode_matches_full_forward(lm_variant, chunks, jit):
   assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(lm_variant, tokens_BT.shape[1]))
 
 
-@pytest.mark.parametrize("variant", [v for v in LM_VARIANTS if "q_lora_rank" not in v[1]
-                                     and "lowrank_combine" not in v[1]
-                                     and "head_gated_keep_fraction" not in v[1]],
-                         ids=variant_id)  # One variant per decode path.
+@pytest.mark.parametrize("variant", [("mha", {}), ("mqa", {}),
+                                     ("mla", {"mla_decode_mode": "absorbed"}),
+                                     ("lowrank_gated", {})],
+                         ids=variant_id)  # heads-major, one head, absorbed, latent logits.
 def test_long_prefill_in_query_chunks_then_steps_matches_full_forward(variant, monkeypatch):
   """A prompt filling most of a 200-slot cache, attended in query blocks, then 4 steps."""
   monkeypatch.setattr(core, "QUERY_CHUNK", 64)  # the 196-token prefill: 4 blocks, one padded.
@@ -142,14 +142,25 @@ def test_generate_greedy_matches_argmax_of_full_forward(lm_variant):
 
 @pytest.mark.parametrize("kind,extra", [("mha", {}), ("mla", {"mla_decode_mode": "absorbed"}),
                                         ("lowrank_gated", {})], ids=["mha", "mla", "lowrank"])
-def test_generate_one_token_after_a_prompt_filling_the_cache(kind, extra):
-  """max_new_tokens=1: the prompt fills every slot generate allocates but the one it never
-  writes (the new token is sampled from the prefill's last logits; no decode step runs)."""
-  model, params, prompt_BT = _setup(tiny_lm_config(kind, **extra), t=11)
-  new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=1,
+def test_generate_after_a_prompt_filling_the_cache(kind, extra):
+  """A 10-token prompt and 2 new tokens: generate's 12-slot cache is full but for the slot of
+  the last token, which is sampled, never written; the one decode step writes slot 10."""
+  model, params, prompt_BT = _setup(tiny_lm_config(kind, **extra), t=10)
+  new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=2,
                     temperature=0.0)
-  logits_BTV = model.apply({"params": params}, prompt_BT)
-  np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, -1:], -1), new_BN)
+  logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], axis=1))
+  np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 9:11], -1), new_BN)
+
+
+def test_one_head_lowrank_and_one_sequence_decode_match_full_forward():
+  """Unit axes the caches drop or keep (attention/cache.py): one head, one sequence (the
+  long-prefill test covers mqa at batch 1)."""
+  for cfg, batch in ((tiny_lm_config("lowrank_gated", num_heads=1), 1),
+                     (tiny_lm_config("head_gated", head_gated_top_k=1), 2)):
+    model, params, tokens_BT = _setup(cfg, b=batch)
+    decoded_BTV, _ = _decode(model, params, tokens_BT, (4, 1, 1, 4), jit=True)
+    assert_f32_close(decoded_BTV, model.apply({"params": params}, tokens_BT),
+                     terms=lm_terms(cfg, tokens_BT.shape[1]))
 
 
 def test_generate_top_k_samples_only_from_top_k():

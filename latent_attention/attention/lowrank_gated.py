@@ -59,8 +59,9 @@ class LowRankGatedAttention(nn.Module):
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
-    if decode and (cached := cache.update(self, pos_BT, **cache.heads_major(
-        cached_k_latent=ck_BSNC, cached_v_latent=cv_BSNC))):
+    if decode and (cached := cache.update(self, pos_BT, seq_axis=2,
+                                          cached_k_latent=ck_BSNC.transpose(0, 2, 1, 3),
+                                          cached_v_latent=cv_BSNC.transpose(0, 2, 1, 3))):
       buffers, mask_BTS = cached
       ck_BNSC, cv_BNSC = buffers["cached_k_latent"], buffers["cached_v_latent"]
       q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)

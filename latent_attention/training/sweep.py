@@ -211,15 +211,18 @@ def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
 
 
 @functools.cache
-def _device_rates():
-  """(read bytes/s, matmul FLOP/s) of this device, measured once per sweep process."""
+def _device_rates(runlocal: bool):
+  """(read bytes/s, matmul FLOP/s) of this device, measured once per sweep process (small and
+  quick with --runlocal, whose timings mean nothing)."""
+  if runlocal:
+    return decode_benchmark.read_bandwidth(2**24, 2), decode_benchmark.matmul_flops(256, 2)
   return (max(decode_benchmark.read_bandwidth() for _ in range(3)),
           decode_benchmark.matmul_flops())
 
 
 def _decode_point(config, point, runlocal) -> dict:
   """The decode benchmark's ms/step and x bound for the run's model (random weights)."""
-  bandwidth, flops_rate = _device_rates()
+  bandwidth, flops_rate = _device_rates(runlocal)
   (row,) = decode_benchmark.measure(
       models.parse_config(config.model), context=32 if runlocal else point.context,
       batches=(point.batch,), steps=point.get("steps", 16), bandwidth=bandwidth,
