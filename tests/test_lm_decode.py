@@ -1,6 +1,7 @@
 """Cached decoding equals the full forward pass; cache sizes equal the formula."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +151,27 @@ def test_generate_after_a_prompt_filling_the_cache(kind, extra):
                     temperature=0.0)
   logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], axis=1))
   np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 9:11], -1), new_BN)
+
+
+@pytest.mark.parametrize("kind,batch", [("mha", 1), ("mqa", 2), ("mla", 1), ("lowrank_gated", 1)])
+def test_decode_step_writes_the_donated_cache_in_place(kind, batch):
+  """No copy of a cache buffer in the compiled step: a unit head or batch axis in the buffers
+  made XLA:CPU copy the whole cache every step (attention/cache.py; caught here at S=64)."""
+  model, params, _ = _setup(tiny_lm_config(kind))
+  cache = init_cache(model, batch, 64)
+
+  def step(params, cache, tok_B1):
+    logits, mutated = model.apply({"params": params, "cache": cache}, tok_B1, decode=True,
+                                  mutable=["cache"])
+    return logits, mutated["cache"]
+
+  hlo = jax.jit(step, donate_argnums=1).lower(
+      params, cache, jnp.zeros((batch, 1), jnp.int32)).compile().as_text()
+  shapes = {",".join(map(str, x.shape)) for x in jax.tree.leaves(cache) if x.ndim > 1}
+  copied = [line for line in hlo[hlo.index("\nENTRY"):].splitlines()
+            if re.match(r"\s*%\S+ = f32\[([\d,]*)\]\S* copy\(", line)
+            and re.match(r"\s*%\S+ = f32\[([\d,]*)\]", line).group(1) in shapes]
+  assert not copied, copied[:2]
 
 
 def test_one_head_lowrank_and_one_sequence_decode_match_full_forward():
