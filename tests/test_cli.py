@@ -50,9 +50,6 @@ CASES = [
     ("decode_variant", ["scripts/benchmark_decode.py", "--variants=mha,flash",
                         "--output_dir={tmp}/d"],
      "benchmark_decode.py: --variants: 'flash' is invalid: choose from mha, gqa, mqa"),
-    ("decode_contexts", ["scripts/benchmark_decode.py", "--contexts=512,2k",
-                         "--output_dir={tmp}/d"],
-     "benchmark_decode.py: --contexts=512,2k is invalid: give positive integers"),
     ("scaling_kind", ["scripts/benchmark_scaling.py", "--kind=flash"],
      "benchmark_scaling.py: flag --kind=flash: value should be one of <mha|gqa|mqa|mla>"),
 ]
