@@ -2,11 +2,13 @@
 
 import pathlib
 
+import grain.python as grain
 import ml_collections
+from absl import flags
 import numpy as np
 import pytest
 
-from latent_attention.data import DatasetMissingError, make_dataset, prepare
+from latent_attention.data import DatasetMissingError, images, make_dataset, prepare, sources
 
 RAW = pathlib.Path(__file__).resolve().parents[2] / "shared" / "raw"
 
@@ -56,6 +58,45 @@ def test_train_windows_are_shifted_text_and_resume_exactly(shakespeare):
     np.testing.assert_array_equal(next(it2)["inputs"], e)
   other = next(iter(shakespeare.train_loader(batch_size=4, seed=4)))
   assert not np.array_equal(other["inputs"], first["inputs"])
+
+
+class _Identity(grain.MapTransform):
+
+  def map(self, record):
+    return record
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_in_memory_batches_equal_the_per_record_loader_and_resume(workers):
+  """Same batches in the same order as Grain batching one record at a time, across epochs."""
+  if workers and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags (train.py parses).
+  rng = np.random.default_rng(0)
+  records = sources.ArrayRecords({"inputs": rng.integers(0, 256, (50, 3, 3, 1), np.uint8),
+                                  "targets": np.arange(50, dtype=np.int32)})
+  old = iter(sources.train_loader(records, 8, 3, [_Identity()]))
+  new = iter(sources.array_train_loader(records, 8, 3, workers))
+  for _ in range(4):
+    a, b = next(old), next(new)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+  state = new.get_state()  # what a checkpoint stores (grain's CheckpointHandler).
+  later = [next(new) for _ in range(5)]  # 9 batches of 8 > the 50 records: a second epoch.
+  resumed = iter(sources.array_train_loader(records, 8, 3, workers))
+  resumed.set_state(state)
+  for batch, a in zip(later, [next(old) for _ in range(5)]):
+    b = next(resumed)
+    assert all(np.array_equal(batch[k], b[k]) and np.array_equal(a[k], b[k]) for k in a)
+  epoch = next(iter(sources.array_train_loader(records, 48, 3)))["targets"]
+  assert len(set(epoch.tolist())) == 48  # 48 of the 50 records, none twice.
+
+
+def test_images_are_decoded_once_into_the_tfds_records():
+  src = sources.tfds_source("mnist", "test[:64]")
+  decoded = images.decoded_split("mnist", "test[:64]")
+  assert decoded is images.decoded_split("mnist", "test[:64]")  # cached, not decoded again.
+  for i in (0, 63):
+    np.testing.assert_array_equal(decoded[i]["inputs"], src[i]["image"])
+    assert decoded[i]["targets"] == src[i]["label"] and decoded[i]["weights"] == 1.0
 
 
 def test_mqar_queries_ask_for_the_paired_value():

@@ -1,17 +1,35 @@
-"""Image classification on TFDS `mnist`, `fashion_mnist` and `cifar10` (uint8 pixels)."""
+"""Image classification on TFDS `mnist`, `fashion_mnist` and `cifar10` (uint8 pixels).
 
-import grain.python as grain
+Each split is decoded once into memory (these datasets are tens of MB) and batches are numpy
+gathers, so image decoding never shows up in the step time.
+"""
+
+import functools
+import time
+
 import numpy as np
+from absl import logging
 
 from latent_attention.data import sources
 
+_DECODE_CHUNK = 5000  # records per `__getitems__` call while decoding a split.
 
-class ToExample(grain.MapTransform):
 
-  def map(self, record):
-    return {"inputs": np.asarray(record["image"], np.uint8),
-            "targets": np.asarray(record["label"], np.int32),
-            "weights": np.ones((), np.float32)}
+@functools.lru_cache(maxsize=4)
+def decoded_split(name: str, split: str, data_dir=None) -> sources.ArrayRecords:
+  """Every example of a TFDS split as arrays: inputs uint8 [N, H, W, C], targets, weights."""
+  start = time.time()
+  src = sources.tfds_source(name, split, data_dir)
+  images, labels = [], []
+  for first in range(0, len(src), _DECODE_CHUNK):
+    rows = src.__getitems__(range(first, min(len(src), first + _DECODE_CHUNK)))
+    images += [np.asarray(r["image"], np.uint8) for r in rows]
+    labels += [r["label"] for r in rows]
+  arrays = {"inputs": np.stack(images), "targets": np.asarray(labels, np.int32),
+            "weights": np.ones(len(labels), np.float32)}
+  logging.info("decoded %s/%s: %d images in %.1f s (%.0f MB in memory)", name, split,
+               len(labels), time.time() - start, arrays["inputs"].nbytes / 2 ** 20)
+  return sources.ArrayRecords(arrays)
 
 
 class ImageClassification:
@@ -33,14 +51,16 @@ class ImageClassification:
     return tuple(np.asarray(src[0]["image"]).shape)
 
   def tokens_per_example(self):
-    """Pixels: the length of the sequence a Perceiver attends over."""
+    """Pixels: the length of the sequence a pixel Perceiver attends over."""
     h, w, _ = self.input_shape()
     return h * w
 
+  def _records(self, split):
+    return decoded_split(self.cfg.name, split, self.cfg.data_dir)
+
   def train_loader(self, batch_size, seed):
-    src = sources.tfds_source(self.cfg.name, self.cfg.train_split, self.cfg.data_dir)
-    return sources.train_loader(src, batch_size, seed, [ToExample()], self.cfg.worker_count)
+    return sources.array_train_loader(self._records(self.cfg.train_split), batch_size, seed,
+                                      self.cfg.worker_count)
 
   def eval_batches(self, split, batch_size):
-    src = sources.tfds_source(self.cfg.name, split, self.cfg.data_dir)
-    return sources.eval_batches(src, batch_size, [ToExample()])
+    return sources.eval_batches(self._records(split), batch_size)
