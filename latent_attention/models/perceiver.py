@@ -7,7 +7,9 @@ an MLP, with residuals and LayerNorm (pre-norm, or the seed's post-norm Add & No
 repeats `num_blocks` times over the same input: as in the Perceiver paper the first repeat has its
 own weights and repeats 2..R share one set. Cost O(R·(S·M + M²)) for S = H·W pixels.
 
-Pixels enter with 2-D Fourier position features concatenated (not added), then one linear
+The image first becomes a grid of tokens (`model.preprocess`, models/image_prep.py: the pixels,
+space-to-depth patches, a strided 1x1 conv or a conv stem, as in Perceiver IO); the tokens enter
+with 2-D Fourier position features of their grid concatenated (not added), then one linear
 projection to D. A Perceiver IO decoder (one learned output query cross-attending to the latents)
 or the mean of the latents gives the logits. encoder='induced' replaces the latent encoder by
 `num_blocks` Set Transformer ISABs, which keep one vector per pixel.
@@ -26,6 +28,7 @@ from flax import linen as nn
 from latent_attention.attention import AttentionConfig, projection
 from latent_attention.attention.induced import NORMS, AttentionBlock, InducedSetAttention
 from latent_attention.config import check_fields
+from latent_attention.models import image_prep
 from latent_attention.models.lm import DTYPES
 
 DECODERS = ("query", "mean")
@@ -44,13 +47,21 @@ class PerceiverConfig:
   # narrow input makes the per-pixel work (projection, LayerNorm, K/V) cheap while the latents
   # stay wide. encoder='induced' keeps one vector per pixel of width D, so it needs 0 or D.
   input_dim: int = 0
+  # Image -> tokens (models/image_prep.py): pixels | patches | conv1x1 | conv (Perceiver IO).
+  preprocess: str = "pixels"
+  # k: pixels and conv1x1 keep every k-th pixel per axis, patches are k x k, conv: 4 or 16.
+  downsample: int = 1
+  # Token features of conv and conv1x1; patches: a linear map of each patch to this width
+  # (0 = the raw k·k·C pixels). Unused by pixels.
+  prep_channels: int = 64
   num_latents: int = 64  # M, latents (ISAB inducing points for encoder='induced').
   num_blocks: int = 2  # R, repeats of cross-attend + self-attends (ISAB layers if 'induced').
   num_self_attends: int = 2  # latent self-attention blocks per repeat.
   mlp_dim: int = 256  # F, hidden width of every GELU MLP.
   norm: str = "pre"  # pre: x + f(LN(x)); post: the seed's Add & Norm LN(x + f(x)).
-  fourier_bands: int = 8  # frequencies per image axis of the position features.
-  max_resolution: int = 28  # top frequency is max_resolution / 2 (the Nyquist rate).
+  fourier_bands: int = 8  # frequencies per token-grid axis of the position features.
+  # Image side; the token grid's top frequency is max_resolution / downsample / 2 (Nyquist).
+  max_resolution: int = 28
   decoder: str = "query"  # query: Perceiver IO output query; mean: mean-pool the latents.
   encoder: str = "latent"  # latent: Perceiver; induced: ISAB stack (Set Transformer).
   dtype: str = "float32"  # compute dtype (float32|bfloat16|float16); params stay float32.
@@ -62,10 +73,16 @@ class PerceiverConfig:
   def __post_init__(self):
     check_fields(self, "model",
                  positive=("num_classes", "d_model", "num_latents", "num_blocks", "mlp_dim",
-                           "max_resolution"),
-                 non_negative=("num_self_attends", "fourier_bands", "input_dim"),
+                           "max_resolution", "downsample"),
+                 non_negative=("num_self_attends", "fourier_bands", "input_dim",
+                               "prep_channels"),
                  choices={"norm": NORMS, "decoder": DECODERS, "encoder": ENCODERS,
-                          "dtype": tuple(DTYPES)})
+                          "dtype": tuple(DTYPES), "preprocess": image_prep.PREPROCESSORS})
+    if self.preprocess == "conv":
+      image_prep.conv_layers(self.downsample)
+    if self.preprocess in ("conv", "conv1x1") and not self.prep_channels:
+      raise ValueError(f"model.prep_channels=0 is invalid for preprocess={self.preprocess!r}: "
+                       "its convolution needs a positive number of output channels")
     if self.encoder == "induced" and self.input_dim not in (0, self.d_model):
       raise ValueError(f"model.input_dim={self.input_dim} is invalid for encoder='induced': "
                        f"its blocks keep the input width, so use 0 or d_model={self.d_model}")
@@ -84,20 +101,25 @@ def fourier_features(height: int, width: int, num_bands: int, max_resolution: in
   return jnp.concatenate([coords_S2, jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def pixel_inputs(images_BHWC, num_bands, max_resolution, use_position_features=True):
-  """[B, H·W, E]: pixels (uint8 mapped to [-1, 1], floats as given) + position features.
+def image_tokens(images_BHWC, cfg: PerceiverConfig, use_position_features=True):
+  """[B, S, E]: the preprocessed tokens (S on their grid) + the grid's position features.
 
+  uint8 pixels are mapped to [-1, 1] first (floats are used as given).
   use_position_features=False puts zeros in place of the features: the same parameters apply,
-  but the model no longer knows where a pixel is (it becomes permutation invariant).
+  but the model no longer knows where a token is (it becomes permutation invariant).
   """
-  b, height, width, channels = images_BHWC.shape
-  x_BSE = images_BHWC.reshape(b, height * width, channels).astype(jnp.float32)
+  x_BHWC = images_BHWC.astype(jnp.float32)
   if jnp.issubdtype(images_BHWC.dtype, jnp.integer):
-    x_BSE = x_BSE / 127.5 - 1.0
-  pos_SE = fourier_features(height, width, num_bands, max_resolution)
+    x_BHWC = x_BHWC / 127.5 - 1.0
+  x_BhwF = image_prep.ImagePreprocessor(cfg.preprocess, cfg.downsample, cfg.prep_channels,
+                                        DTYPES[cfg.dtype], name="preprocess")(x_BHWC)
+  b, height, width, features = x_BhwF.shape
+  pos_SE = fourier_features(height, width, cfg.fourier_bands,
+                            cfg.max_resolution / cfg.downsample)
   if not use_position_features:
     pos_SE = jnp.zeros_like(pos_SE)
-  return jnp.concatenate([x_BSE, jnp.broadcast_to(pos_SE, (b, *pos_SE.shape))], axis=-1)
+  x_BSF = x_BhwF.reshape(b, height * width, features).astype(jnp.float32)
+  return jnp.concatenate([x_BSF, jnp.broadcast_to(pos_SE, (b, *pos_SE.shape))], axis=-1)
 
 
 class PerceiverBlock(nn.Module):
@@ -126,8 +148,7 @@ class Perceiver(nn.Module):
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     b = images_BHWC.shape[0]
-    x_BSE = pixel_inputs(images_BHWC, cfg.fourier_bands, cfg.max_resolution,
-                         use_position_features)
+    x_BSE = image_tokens(images_BHWC, cfg, use_position_features)
     x_BSI = projection.dense(x_BSE, cfg.input_dim or cfg.d_model, name="input_proj", dtype=dtype)
     if cfg.encoder == "latent":
       latents_MD = self.param("latents", _init, (cfg.num_latents, cfg.d_model))
@@ -156,7 +177,8 @@ class Perceiver(nn.Module):
 
 
 def cross_attention_maps(model: Perceiver, params, images_BHWC, use_position_features=True):
-  """Softmax weights [B, heads, M, H·W] of the first cross-attention (latents over pixels).
+  """Softmax weights [B, heads, M, S] of the first cross-attention (latents over the S tokens:
+  H·W pixels for preprocess='pixels', the h x w grid of patches or conv features otherwise).
 
   For encoder='induced' the queries are the first ISAB's inducing points. The probabilities are
   recomputed from the queries and keys that the attention module projects on its way (captured
