@@ -4,7 +4,8 @@ r"""Restores a checkpoint and its saved config from a workdir and evaluates it.
 
 Reports validation and test loss / perplexity / bits per char (accuracy for classifiers), the
 measured KV-cache bytes next to the formula, decode tokens/s and a sample; writes
-<workdir>/eval_results.json (and with --plot_attention, <workdir>/attention_maps.png).
+<workdir>/eval_results.json (and with --plot_attention, <workdir>/attention_maps.png; with
+--plot_curves, <workdir>/learning_curve.png: loss and accuracy vs step and wall time).
 """
 
 import json
@@ -20,12 +21,16 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default:
 _PLOT = flags.DEFINE_bool("plot_attention", False,
                           "Perceiver classifiers: write <workdir>/attention_maps.png, the "
                           "cross-attention maps of a few latents over test images.")
+_CURVES = flags.DEFINE_bool("plot_curves", False,
+                            "Write <workdir>/learning_curve.png: train and eval loss (and "
+                            "accuracy) vs step, from the run's metrics.jsonl.")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
-  results = evaluate_workdir(_WORKDIR.value, _STEP.value, plot_attention=_PLOT.value)
+  results = evaluate_workdir(_WORKDIR.value, _STEP.value, plot_attention=_PLOT.value,
+                             plot_curves=_CURVES.value)
   sample = results.pop("sample", None)
   print(json.dumps(results, indent=2))
   if sample:

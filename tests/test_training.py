@@ -70,8 +70,9 @@ def test_train_then_eval_reproduces_final_loss(trained_lm, tmp_path):
   losses = [loss for _, loss in train_losses(workdir)]
   assert losses[-1] < losses[0] - 0.3
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
-  evaluated = evaluate_workdir(workdir)
+  evaluated = evaluate_workdir(workdir, plot_curves=True)
   assert evaluated["validation"]["loss"] == result["eval"]["loss"]
+  assert os.path.getsize(evaluated["curve_plot"]) > 10_000  # two panels, 4 lines.
   assert evaluated["validation"]["count"] == 55_769  # every next-character target, once.
   assert evaluated["kv_cache_bytes_per_sequence"] == evaluated[
       "kv_cache_formula_bytes_per_sequence"]

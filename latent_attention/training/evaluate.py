@@ -11,6 +11,7 @@ from absl import logging
 from latent_attention import kv_cache_bytes, kv_cache_formula_bytes
 from latent_attention.models.decoding import generate, init_cache
 from latent_attention.training import checkpoint, config_files, loop
+from latent_attention.training import metrics as metrics_lib
 
 
 def restore_experiment(workdir: str, step: int | None = None):
@@ -93,8 +94,9 @@ def plot_cross_attention(exp, params, path: str, num_images: int = 4) -> str:
 
 
 def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
-                     plot_attention: bool = False) -> dict:
-  """Evaluates a checkpoint on its eval and test splits; writes eval_results.json."""
+                     plot_attention: bool = False, plot_curves: bool = False) -> dict:
+  """Evaluates a checkpoint on its eval and test splits; writes eval_results.json (and with
+  plot_curves, learning_curve.png from the run's metrics.jsonl)."""
   exp, params, step = restore_experiment(workdir, step)
   cfg = exp.config
   if plot_attention:
@@ -113,6 +115,10 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
   if plot_attention:
     results["attention_plot"] = plot_cross_attention(
         exp, params, os.path.join(workdir, "attention_maps.png"))
+  if plot_curves and jax.process_index() == 0:
+    from latent_attention.training import plots  # matplotlib only here.
+    results["curve_plot"] = os.path.join(workdir, "learning_curve.png")
+    plots.learning_curve(metrics_lib.read_metrics(workdir), results["curve_plot"])
   if jax.process_index() == 0:
     checkpoint.dump_json(os.path.join(workdir, "eval_results.json"), results)
   return results

@@ -1,11 +1,13 @@
-"""Sweep figures (PNG): perplexity or accuracy vs KV cache, eval-loss curves, accuracy and speed
-bars.
+"""Figures (PNG): of sweeps, perplexity or accuracy vs KV cache, eval-loss curves, accuracy and
+speed bars; of one run, its learning curve.
 
 Built on `matplotlib.figure.Figure` (Agg canvas), so they never touch pyplot's global state or a
 display. Each takes the table rows of finished runs (see `training.sweep`).
 """
 
+import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 120
 
@@ -89,4 +91,40 @@ def speed_bars(rows, path: str) -> None:
     ax.bar_label(bars, fmt="%.0f" if key == "decode_tokens_per_s" else "%.1f", fontsize=8)
     ax.set_title(label)
     ax.tick_params(axis="x", labelrotation=30)
+  fig.savefig(path, dpi=DPI)
+
+
+def learning_curve(lines, path: str) -> None:
+  """One run's metrics.jsonl lines: loss and accuracy vs step, train windows and evaluations,
+  with the wall time since the first line on a second x axis."""
+  series = {split: [m for m in lines if m.get("split") == split] for split in ("train", "eval")}
+  if not series["train"] and not series["eval"]:
+    raise ValueError("no train or eval lines in metrics.jsonl: nothing to plot")
+  start = min(m["time"] for m in lines if "time" in m)
+  panels = [("loss", "loss (nats)")]
+  if any("accuracy" in m for m in series["eval"]):
+    panels.append(("accuracy", "accuracy"))
+  fig = Figure(figsize=(6 * len(panels), 4.5), layout="constrained")
+  for ax, (key, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+    for split, style in (("train", "-"), ("eval", "o-")):
+      points = [(m["step"], m[key]) for m in series[split] if key in m]
+      if points:
+        ax.plot(*zip(*points), style, markersize=4, label=split)
+    last = [m for m in series["eval"] if key in m][-1:]
+    if last:
+      ax.annotate(f"{last[0][key]:.4g}", (last[0]["step"], last[0][key]), fontsize=8,
+                  textcoords="offset points", xytext=(-10, 8 if key == "accuracy" else -14))
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    timed = sorted((m["step"], m["time"] - start) for m in lines if "time" in m)
+    if len(timed) > 1 and timed[-1][0] > timed[0][0]:
+      steps, secs = np.array(timed, dtype=float).T
+      top = ax.secondary_xaxis("top", functions=(
+          lambda s, steps=steps, secs=secs: np.interp(s, steps, secs) / 60,
+          lambda t, steps=steps, secs=secs: np.interp(t * 60, secs, steps)))
+      ticks = MaxNLocator(6).tick_values(0, secs[-1] / 60)
+      top.set_xticks(ticks[ticks <= secs[-1] / 60])  # past the last line it would clamp.
+      top.set_xlabel("minutes since the first metrics line")
   fig.savefig(path, dpi=DPI)
