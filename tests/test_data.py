@@ -4,7 +4,6 @@ import pathlib
 
 import grain.python as grain
 import ml_collections
-from absl import flags
 import numpy as np
 import pytest
 
@@ -66,22 +65,19 @@ class _Identity(grain.MapTransform):
     return record
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_in_memory_batches_equal_the_per_record_loader_and_resume(workers):
+def test_in_memory_batches_equal_the_per_record_loader_and_resume():
   """Same batches in the same order as Grain batching one record at a time, across epochs."""
-  if workers and not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags (train.py parses).
   rng = np.random.default_rng(0)
   records = sources.ArrayRecords({"inputs": rng.integers(0, 256, (50, 3, 3, 1), np.uint8),
                                   "targets": np.arange(50, dtype=np.int32)})
   old = iter(sources.train_loader(records, 8, 3, [_Identity()]))
-  new = iter(sources.array_train_loader(records, 8, 3, workers))
+  new = iter(sources.array_train_loader(records, 8, 3))
   for _ in range(4):
     a, b = next(old), next(new)
     assert all(np.array_equal(a[k], b[k]) for k in a)
   state = new.get_state()  # what a checkpoint stores (grain's CheckpointHandler).
   later = [next(new) for _ in range(5)]  # 9 batches of 8 > the 50 records: a second epoch.
-  resumed = iter(sources.array_train_loader(records, 8, 3, workers))
+  resumed = iter(sources.array_train_loader(records, 8, 3))
   resumed.set_state(state)
   for batch, a in zip(later, [next(old) for _ in range(5)]):
     b = next(resumed)
