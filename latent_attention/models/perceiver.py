@@ -5,18 +5,18 @@ A learned latent array (M x D) cross-attends to the pixels (Q from the latents, 
 input), then runs `num_self_attends` latent self-attention blocks; every attention is followed by
 an MLP, with residuals and LayerNorm (pre-norm, or the seed's post-norm Add & Norm). The block
 repeats `num_blocks` times over the same input: as in the Perceiver paper the first repeat has its
-own weights and repeats 2..R share one set. Cost O(R·(S·M + M²)) for S = H·W pixels.
+own weights and repeats 2..R share one set. Cost O(R·(S·M + M²)) for S input tokens.
 
 The image first becomes a grid of tokens (`model.preprocess`, models/image_prep.py: the pixels,
 space-to-depth patches, a strided 1x1 conv or a conv stem, as in Perceiver IO); the tokens enter
 with 2-D Fourier position features of their grid concatenated (not added), then one linear
 projection to D. A Perceiver IO decoder (one learned output query cross-attending to the latents)
 or the mean of the latents gives the logits. encoder='induced' replaces the latent encoder by
-`num_blocks` Set Transformer ISABs, which keep one vector per pixel.
+`num_blocks` Set Transformer ISABs, which keep one vector per token.
 
-Here images are [B, H, W, C] (H, W, C: image height, width, channels) and E is the input features
-per pixel (channels + position features), I the width they are projected to (input_dim); other
-letters as in `latent_attention`.
+Here images are [B, H, W, C] (H, W, C: image height, width, channels), S the number of tokens
+(on an h x w grid), F the features of a token, E = F + position features, I the width they are
+projected to (input_dim); other letters as in `latent_attention`.
 """
 
 import dataclasses
@@ -43,13 +43,13 @@ class PerceiverConfig:
   name: str = "perceiver"  # model family; see models.build_model.
   num_classes: int = 10
   d_model: int = 128  # D, width of the latents.
-  # Width of the projected pixels, the keys/values' input (the Perceiver's C); 0 = d_model. A
-  # narrow input makes the per-pixel work (projection, LayerNorm, K/V) cheap while the latents
-  # stay wide. encoder='induced' keeps one vector per pixel of width D, so it needs 0 or D.
+  # Width of the projected tokens, the keys/values' input (the Perceiver's C); 0 = d_model. A
+  # narrow input makes the per-token work (projection, LayerNorm, K/V) cheap while the latents
+  # stay wide. encoder='induced' keeps one vector per token of width D, so it needs 0 or D.
   input_dim: int = 0
   # Image -> tokens (models/image_prep.py): pixels | patches | conv1x1 | conv (Perceiver IO).
   preprocess: str = "pixels"
-  # k: pixels and conv1x1 keep every k-th pixel per axis, patches are k x k, conv: 4 or 16.
+  # k: pixels and conv1x1 keep every k-th pixel per axis, patches are k x k, conv: 4, 16...
   downsample: int = 1
   # Token features of conv and conv1x1; patches: a linear map of each patch to this width
   # (0 = the raw k·k·C pixels). Unused by pixels.
@@ -159,7 +159,7 @@ class Perceiver(nn.Module):
         for _ in range(cfg.num_blocks - 1):
           z_BMD = shared(z_BMD, x_BSI)
     else:
-      z_BMD = x_BSI  # ISAB keeps one vector per pixel: the decoder reads S vectors, not M.
+      z_BMD = x_BSI  # ISAB keeps one vector per token: the decoder reads S vectors, not M.
       for i in range(cfg.num_blocks):
         z_BMD = InducedSetAttention(cfg.attention, cfg.d_model, cfg.num_latents, cfg.mlp_dim,
                                     cfg.norm, dtype, name=f"isab_{i}")(z_BMD)
