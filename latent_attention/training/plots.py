@@ -51,13 +51,20 @@ def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
   fig.savefig(path, dpi=DPI)
 
 
-def accuracy_bars(rows, path: str) -> None:
-  """Eval accuracy per run (classifier sweeps), in table order."""
+def accuracy_per_run(rows, path: str) -> None:
+  """Eval accuracy per run (classifier sweeps), in table order: points, not bars, so that the
+  y axis can zoom in on differences of tenths of a percent; runs with seeds get their standard
+  deviation as error bars."""
   fig = Figure(figsize=(max(5, 0.8 * len(rows) + 2), 4), layout="constrained")
   ax = fig.subplots()
-  names = [r["name"] for r in rows]
-  bars = ax.bar(names, [r["accuracy"] for r in rows])
-  ax.bar_label(bars, fmt="%.4f", fontsize=8)
+  names, acc = [r["name"] for r in rows], [r["accuracy"] for r in rows]
+  ax.errorbar(names, acc, yerr=[r.get("accuracy_std") or 0.0 for r in rows], fmt="o",
+              capsize=3)
+  for name, a in zip(names, acc):
+    ax.annotate(f"{a:.4f}", (name, a), textcoords="offset points", xytext=(0, 7),
+                ha="center", fontsize=8)
+  ax.margins(y=0.25)
+  ax.grid(True, axis="y", alpha=0.3)
   ax.set_ylabel("accuracy (eval split)")
   ax.set_title("Accuracy per run")
   ax.tick_params(axis="x", labelrotation=30)

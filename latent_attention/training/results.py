@@ -155,7 +155,7 @@ def write_results(rows, workdir: str, title: str, quality: str = "perplexity",
     plots.quality_vs_cache(lm, os.path.join(workdir, figures[-1][1]), quality)
   elif ok:
     figures.append(("accuracy", "accuracy.png"))
-    plots.accuracy_bars(per_run, os.path.join(workdir, figures[-1][1]))
+    plots.accuracy_per_run(per_run, os.path.join(workdir, figures[-1][1]))
   if ok:
     dirs = {}
     for r in ok:
