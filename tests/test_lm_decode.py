@@ -34,14 +34,27 @@ def _decode(model, params, tokens_BT, chunks, jit):
   return decode_chunks(model, params, tokens_BT, chunks, apply)
 
 
-@pytest.mark.parametrize("chunks,jit", [((1,) * 10, False), ((4, 1, 1, 3, 1), True)],
-                         ids=["token_by_token", "prefill_then_steps_jit"])
-def test_decode_matches_full_forward(lm_variant, chunks, jit):
-  model, params, tokens_BT = _setup(lm_variant)
+def _check_decode(cfg, chunks, jit):
+  model, params, tokens_BT = _setup(cfg, t=sum(chunks))
   full_BTV = model.apply({"params": params}, tokens_BT)
   decoded_BTV, _ = _decode(model, params, tokens_BT, chunks, jit)
-  # The whole LM over t=10 keys (conftest.lm_terms), relative to max |logits|.
-  assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(lm_variant, tokens_BT.shape[1]))
+  # The whole LM over t keys (conftest.lm_terms), relative to max |logits|.
+  assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(cfg, tokens_BT.shape[1]))
+
+
+def test_decode_matches_full_forward(lm_variant):
+  """Prefill, single steps and a multi-token step, jitted, for every variant."""
+  _check_decode(lm_variant, (4, 1, 1, 3, 1), jit=True)
+
+
+@pytest.mark.parametrize("variant", [
+    ("mha", {}), ("mla", {"mla_decode_mode": "absorbed", "q_lora_rank": 24}),
+    ("lowrank_gated", {}), ("head_gated", {"head_gated_top_k": 2})], ids=variant_id)
+def test_token_by_token_decode_without_jit_matches_full_forward(variant):
+  """Eager (op-by-op) decoding, one token at a time, of each distinct decode path: plain heads,
+  MLA's absorbed latents, logits from low-rank latents, gathered heads (eager decoding costs
+  seconds per variant, so not all eleven)."""
+  _check_decode(tiny_lm_config(variant[0], **variant[1]), (1,) * 6, jit=False)
 
 
 @pytest.mark.parametrize("variant", [("mqa", {}), ("mla", {"mla_decode_mode": "absorbed"}),
@@ -60,7 +73,9 @@ def test_long_prefill_in_query_chunks_then_steps_matches_full_forward(variant, m
 def test_cache_bytes_equal_formula(lm_variant):
   for b, t in [(1, 5), (3, 8)]:
     model, params, tokens_BT = _setup(lm_variant, b=b, t=t)
-    _, cache = _decode(model, params, tokens_BT, (t,), jit=False)
+    # The cache a prefill leaves behind, traced for its shapes only (nothing computed).
+    cache = jax.eval_shape(lambda p, x: _decode(model, p, x, (t,), jit=False)[1], params,
+                           tokens_BT)
     assert kv_cache_bytes(cache) == kv_cache_formula_bytes(lm_variant, t, b)
   bf16 = tiny_lm_config(**lm_variant.attention.to_dict())
   bf16.dtype = "bfloat16"

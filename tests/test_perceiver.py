@@ -285,9 +285,12 @@ def test_permutation_invariant_over_every_preprocessors_tokens(prep):
       out = out.reshape(b, h * w, f)[:, perm].reshape(out.shape)
     return out
 
+  def permuted(params, images):
+    with nn.intercept_methods(permute):  # applies while tracing: the jitted program permutes.
+      return model.apply({"params": params}, images, use_position_features=False)
+
   plain = apply({"params": params}, images, use_position_features=False)
-  with nn.intercept_methods(permute):
-    shuffled = model.apply({"params": params}, images, use_position_features=False)
+  shuffled = jax.jit(permuted)(params, images)
   _, h, w, f = grids["shape"]
   assert h * w > 1 and (h, w) == ((2, 2) if prep == "conv" else (4, 4))
   # The body's sums over the h·w tokens are reordered; nothing before them changes.
