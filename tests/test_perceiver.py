@@ -243,6 +243,12 @@ def test_attention_map_png(tmp_path):
     ({"encoder": "induced", "input_dim": 8},
      "model.input_dim=8 is invalid for encoder='induced': its blocks keep the input width, so "
      "use 0 or d_model=16"),
+    ({"preprocess": "vit"}, "model.preprocess='vit' is invalid: choose one of pixels, patches, "
+     "conv1x1, conv"),
+    ({"preprocess": "conv", "downsample": 2}, "model.downsample=2 is invalid for "
+     "preprocess='conv': each stem layer shrinks 4x per side, so choose 4, 16 or 64"),
+    ({"preprocess": "conv1x1", "prep_channels": 0}, "model.prep_channels=0 is invalid for "
+     "preprocess='conv1x1'"),
 ])
 def test_bad_config_errors(overrides, message):
   with pytest.raises(ValueError) as err:
@@ -295,20 +301,6 @@ def test_permutation_invariant_over_every_preprocessors_tokens(prep):
   assert h * w > 1 and (h, w) == ((2, 2) if prep == "conv" else (4, 4))
   # The body's sums over the h·w tokens are reordered; nothing before them changes.
   assert_f32_close(shuffled, plain, terms=_logit_terms(model.cfg, channels=f, pixels=h * w))
-
-
-@pytest.mark.parametrize("overrides,message", [
-    ({"preprocess": "vit"}, "model.preprocess='vit' is invalid: choose one of pixels, patches, "
-     "conv1x1, conv"),
-    ({"preprocess": "conv", "downsample": 2}, "model.downsample=2 is invalid for "
-     "preprocess='conv': each stem layer shrinks 4x per side, so choose 4, 16 or 64"),
-    ({"preprocess": "conv1x1", "prep_channels": 0}, "model.prep_channels=0 is invalid for "
-     "preprocess='conv1x1'"),
-])
-def test_bad_preprocess_errors(overrides, message):
-  with pytest.raises(ValueError) as err:
-    build_model(tiny_config(**overrides))
-  assert message in str(err.value)
 
 
 def test_default_config_parameters_stop_growing_after_the_first_repeat():
