@@ -101,6 +101,10 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
   cfg = exp.config
   if plot_attention:
     check_plottable(exp)
+  lines = metrics_lib.read_metrics(workdir) if plot_curves else None
+  if plot_curves and not any(m.get("split") in ("train", "eval") for m in lines):
+    raise ValueError(f"--plot_curves: {workdir}/metrics.jsonl has no train or eval lines to "
+                     "plot")  # before evaluating, not after.
   splits = splits or list(dict.fromkeys([cfg.data.eval_split, cfg.data.test_split]))
   results = {"workdir": os.path.abspath(workdir), "step": step,
              "attention": cfg.model.get("attention", {}).get("kind")}
@@ -118,7 +122,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
   if plot_curves and jax.process_index() == 0:
     from latent_attention.training import plots  # matplotlib only here.
     results["curve_plot"] = os.path.join(workdir, "learning_curve.png")
-    plots.learning_curve(metrics_lib.read_metrics(workdir), results["curve_plot"])
+    plots.learning_curve(lines, results["curve_plot"])
   if jax.process_index() == 0:
     checkpoint.dump_json(os.path.join(workdir, "eval_results.json"), results)
   return results
