@@ -216,8 +216,7 @@ def test_attention_kinds_and_maps(cross, attention):
     v_BSNH = jnp.einsum("BSC,CNH->BSNH", captured[("kv_norm",)], p["v_up"])
   else:
     qk, v_dim, up = a.head_dim, a.head_dim, 0
-    value = captured[("value",)]  # projected on flattened rows: restore the batch axis.
-    v_BSNH = jnp.repeat(value.reshape(images.shape[0], -1, *value.shape[1:]), n, axis=2)
+    v_BSNH = jnp.repeat(captured[("value",)], n, axis=2)
   out_BMNH = jnp.einsum("BNMS,BSNH->BMNH", maps_BNMS, v_BSNH)
   # Maps @ v over S=64 pixels, their logits' q.k (+ MLA's up-projections), the output
   # projection over N*H: relative to max |cross-attention output|.

@@ -3,8 +3,10 @@
 Every mechanism in this package ends here; they differ only in how they build Q, K, V and what
 they cache. Grouped heads (N query heads over K kv heads) are handled by reshaping the queries
 to [B, T, K, G, H], never by repeating K/V. Logits and softmax are float32 whatever the input
-dtype. Where its shape rules hold, `jax.nn.dot_product_attention` is used (it selects cuDNN
-flash attention on GPU for bf16/fp16); otherwise (value dim != qk dim, as in MLA) an einsum path.
+dtype. On GPU/TPU, where its shape rules hold, `jax.nn.dot_product_attention` is used (it
+selects cuDNN flash attention on GPU for bf16/fp16); otherwise (value dim != qk dim, as in MLA,
+or on CPU) an einsum path. On XLA:CPU the einsum path, kept 4-D when every query head has its
+own kv head, made the nanogpt_cpu train step ~8% faster than `jax.nn.dot_product_attention`.
 
 Decoding reads a heads-major cache [B, K, S, H] through `cached_attention`: each head's keys are
 contiguous, so one query per head against the cache is a batched matrix-vector product. XLA:CPU
@@ -55,7 +57,7 @@ def plan_masks(*, self_attn, causal, pos_BT, kv_pos_BS, mask_BTS):
 def _pick_implementation(implementation, q_BTNH, v_BSKH, mask_BTS, is_causal):
   if implementation != "auto":
     return implementation
-  if q_BTNH.shape[-1] != v_BSKH.shape[-1]:
+  if q_BTNH.shape[-1] != v_BSKH.shape[-1] or jax.default_backend() == "cpu":
     return "einsum"
   if (jax.default_backend() == "gpu" and q_BTNH.dtype in _CUDNN_DTYPES and mask_BTS is None
       and q_BTNH.shape[-1] % 8 == 0 and q_BTNH.shape[-1] <= 128 and is_causal):
@@ -66,6 +68,13 @@ def _pick_implementation(implementation, q_BTNH, v_BSKH, mask_BTS, is_causal):
 def _einsum_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale):
   b, t, n, h = q_BTNH.shape
   num_kv = k_BSKH.shape[2]
+  if num_kv == n:  # No grouping: 4-D logits (a unit G axis cost XLA:CPU copies, ~4% of a step).
+    logits_BNTS = jnp.einsum("BTNH,BSNH->BNTS", q_BTNH, k_BSKH,
+                             preferred_element_type=jnp.float32) * scale
+    if mask_BTS is not None:
+      logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
+    probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BSKH.dtype)
+    return jnp.einsum("BNTS,BSNH->BTNH", probs_BNTS, v_BSKH)
   q_BTKGH = q_BTNH.reshape(b, t, num_kv, n // num_kv, h)
   logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
                             preferred_element_type=jnp.float32) * scale

@@ -58,13 +58,13 @@ class MultiHeadLatentAttention(nn.Module):
         mask_BTS=mask_BTS)
 
     if cfg.q_lora_rank:
-      cq_BTC = nn.RMSNorm(dtype=self.dtype, name="q_norm")(
+      cq_BTC = projection.RMSNorm(dtype=self.dtype, name="q_norm")(
           dense(x_BTD, cfg.q_lora_rank, name="q_down"))
       q_BTNH = dense(cq_BTC, (n, nope + r), name="q_up")
     else:
       q_BTNH = dense(x_BTD, (n, nope + r), name="query")
     q_nope_BTNH, q_rope_BTNR = q_BTNH[..., :nope], q_BTNH[..., nope:]
-    ckv_BSC = nn.RMSNorm(dtype=self.dtype, name="kv_norm")(dense(kv_BSD, c, name="kv_down"))
+    ckv_BSC = projection.RMSNorm(dtype=self.dtype, name="kv_norm")(dense(kv_BSD, c, name="kv_down"))
     k_rope_BSR = dense(kv_BSD, r, name="k_rope")
     if pos_BT is not None:
       q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, cfg.rope_theta)
@@ -76,11 +76,11 @@ class MultiHeadLatentAttention(nn.Module):
 
     if not decode or not (cached := self._cache(pos_BT, ckv_BSC, k_rope_BSR, w_uk_CNH,
                                                 w_uv_CNH)):
-      k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", ckv_BSC, w_uk_CNH)
+      k_nope_BSNH = projection.apply_kernel(ckv_BSC, w_uk_CNH)
       k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None], (*k_rope_BSR.shape[:2], n, r))
       out_BTNH = dot_product_attention(
           q_BTNH, jnp.concatenate([k_nope_BSNH, k_rope_BSNR], axis=-1),
-          jnp.einsum("BSC,CNH->BSNH", ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS,
+          projection.apply_kernel(ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS,
           is_causal=is_causal, scale=scale, implementation=cfg.implementation)
       return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
     buffers, mask_BTS = cached

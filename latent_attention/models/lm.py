@@ -50,11 +50,11 @@ class Block(nn.Module):
   def __call__(self, x_BTD, pos_BT, mask_BTS, decode):
     dtype = DTYPES[self.cfg.dtype]
     attn = make_attention(self.cfg.attention, self.cfg.d_model, dtype, name="attn")
-    h_BTD = nn.RMSNorm(dtype=dtype, name="attn_norm")(x_BTD)
+    h_BTD = projection.RMSNorm(dtype=dtype, name="attn_norm")(x_BTD)
     x_BTD = x_BTD + attn(h_BTD, pos_BT=pos_BT, mask_BTS=mask_BTS, decode=decode)
     if not self.cfg.mlp_dim:
       return x_BTD
-    h_BTD = nn.RMSNorm(dtype=dtype, name="mlp_norm")(x_BTD)
+    h_BTD = projection.RMSNorm(dtype=dtype, name="mlp_norm")(x_BTD)
     return x_BTD + Mlp(self.cfg.mlp_dim, dtype, name="mlp")(h_BTD)
 
 
@@ -99,7 +99,7 @@ class TransformerLM(nn.Module):
     if positions_BP is not None:
       x_BTD = jnp.take_along_axis(x_BTD, positions_BP[..., None], axis=1)
       t = positions_BP.shape[1]
-    x_BTD = nn.RMSNorm(dtype=dtype, name="final_norm")(x_BTD)
+    x_BTD = projection.RMSNorm(dtype=dtype, name="final_norm")(x_BTD)
     if cfg.tie_embeddings:  # On flattened rows, as in attention/projection.py.
       logits_BTV = embed.attend(x_BTD.reshape(b * t, -1)).reshape(b, t, -1)
     else:

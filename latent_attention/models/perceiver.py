@@ -199,10 +199,6 @@ def cross_attention_maps(model: Perceiver, params, images_BHWC, use_position_fea
 
   with nn.intercept_methods(capture):
     model.apply({"params": params}, images_BHWC, use_position_features=use_position_features)
-  b = images_BHWC.shape[0]
-  # Projections run on flattened rows (attention/projection.py): restore the batch axis.
-  captured = {name: x.reshape(b, -1, *x.shape[1:]) if name != "kv_norm" else x
-              for name, x in captured.items()}
   if attn_cfg.kind == "mla":  # No RoPE here (pos_BT=None): keys are [W_UK c_KV ; k_R].
     q_BTNH = captured["q_up" if attn_cfg.q_lora_rank else "query"]
     w_uk_CNH = params[prefix[0]][prefix[1]][prefix[2]]["k_up"]

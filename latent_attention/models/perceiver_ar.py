@@ -22,7 +22,8 @@ import dataclasses
 import jax.numpy as jnp
 from flax import linen as nn
 
-from latent_attention.attention import AttentionConfig, cache_elements_per_token, make_attention
+from latent_attention.attention import (AttentionConfig, cache_elements_per_token,
+                                        make_attention, projection)
 from latent_attention.config import check_fields
 from latent_attention.models.lm import DTYPES, Block, Mlp
 
@@ -87,18 +88,18 @@ class PerceiverAR(nn.Module):
                      embedding_init=nn.initializers.normal(0.02))
     x_BTD = embed(tokens_BT)
     cross = make_attention(cfg.attention, cfg.d_model, dtype, name="cross_attn")
-    h_BTD = nn.RMSNorm(dtype=dtype, name="cross_norm")(x_BTD)
+    h_BTD = projection.RMSNorm(dtype=dtype, name="cross_norm")(x_BTD)
     if decode:
       y_BMD = cross(h_BTD, pos_BT=pos_BT, decode=True)[:, t - m:]
     else:
       y_BMD = cross(h_BTD[:, t - m:], kv_BSD=h_BTD, pos_BT=pos_BT[:, t - m:], kv_pos_BS=pos_BT)
     z_BMD = x_BTD[:, t - m:] + y_BMD
-    h_BMD = nn.RMSNorm(dtype=dtype, name="cross_mlp_norm")(z_BMD)
+    h_BMD = projection.RMSNorm(dtype=dtype, name="cross_mlp_norm")(z_BMD)
     z_BMD = z_BMD + Mlp(cfg.mlp_dim, dtype, name="cross_mlp")(h_BMD)
     for i in range(cfg.num_layers):
       # models/lm.py's block reads only d_model, mlp_dim, dtype and attention from its config.
       z_BMD = Block(cfg, name=f"block_{i}")(z_BMD, latent_pos_BM, None, decode)
-    z_BMD = nn.RMSNorm(dtype=dtype, name="final_norm")(z_BMD)
+    z_BMD = projection.RMSNorm(dtype=dtype, name="final_norm")(z_BMD)
     if cfg.tie_embeddings:
       logits_BMV = embed.attend(z_BMD)
     else:

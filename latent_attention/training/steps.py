@@ -46,11 +46,13 @@ def train_step(state: TrainState, batch, *, model, optimizer):
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  # A cond selects whole buffers; a where per leaf would be one more pass over the state.
+  params, opt_state = jax.lax.cond(finite, lambda: (params, opt_state),
+                                   lambda: (state.params, state.opt_state))
   first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
                         state.nonfinite_step)
-  new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                         opt_state=keep(opt_state, state.opt_state), nonfinite_step=first_bad)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                         nonfinite_step=first_bad)
   metrics = {"loss": loss, "grad_norm": grad_norm, **s}
   return new_state, metrics
 
