@@ -83,19 +83,6 @@ def test_cache_bytes_equal_formula(lm_variant):
   assert kv_cache_bytes(shapes) == kv_cache_formula_bytes(bf16, 7, 2, jnp.bfloat16)
 
 
-def test_mla_decode_modes_agree():
-  outs = {}
-  for mode in ("naive", "latent", "absorbed"):
-    cfg = tiny_lm_config("mla", mla_decode_mode=mode, q_lora_rank=16)
-    model, params, tokens_BT = _setup(cfg, t=9)
-    outs[mode], cache = _decode(model, params, tokens_BT, (3, 1, 4, 1), jit=True)
-  # The whole LM over t=9 keys (conftest.lm_terms; its D per q.k covers the rank-12/16 latents),
-  # relative to max |naive logits|.
-  terms = lm_terms(cfg, 9)
-  assert_f32_close(outs["absorbed"], outs["naive"], terms=terms)
-  assert_f32_close(outs["latent"], outs["naive"], terms=terms)
-
-
 def test_absorbed_cache_holds_only_latent_and_rope_key():
   cfg = tiny_lm_config("mla", mla_decode_mode="absorbed")
   cache = init_cache(build_model(cfg), 2, 9)
@@ -144,9 +131,16 @@ def test_gqa_with_all_heads_equals_mha_and_mqa_equals_gqa_one_head():
                    model_mqa.apply({"params": params}, tokens_BT), terms=terms)
 
 
-def test_generate_greedy_matches_argmax_of_full_forward(lm_variant):
-  """A prompt over half of generate's buffer (prompt + new tokens), the last step its last slot."""
-  model, params, prompt_BT = _setup(lm_variant, t=7)
+@pytest.mark.parametrize("variant", [
+    ("mha", {}), ("mqa", {}), ("mla", {"mla_decode_mode": "absorbed"}),
+    ("head_gated", {"head_gated_top_k": 2})], ids=variant_id)
+def test_generate_greedy_matches_argmax_of_full_forward(variant):
+  """A prompt over half of generate's buffer (prompt + new tokens), the last step its last slot.
+
+  generate's loop is the same for every kind (each kind's steps are checked above): per-head,
+  one shared head, absorbed latents, and a per-step head selection.
+  """
+  model, params, prompt_BT = _setup(tiny_lm_config(variant[0], **variant[1]), t=7)
   new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=5,
                     temperature=0.0)
   assert new_BN.shape == (2, 5)

@@ -36,39 +36,36 @@ def image_digests(name, split, data_dir):
 
 
 @needs_raw
-def test_tiny_shakespeare_matches_reference(tmp_path):
-  # The raw file lies directly in --manual_dir here (no per-dataset subdirectory).
-  args = ["--datasets=tiny_shakespeare", f"--manual_dir={RAW / 'tiny_shakespeare'}",
-          f"--data_dir={tmp_path}"]
+def test_prepared_datasets_match_references_and_fashion_mnist_is_not_mnist(tmp_path):
+  """All three in one call (each subprocess pays a TensorFlow import): tiny_shakespeare equals
+  its reference; MNIST and Fashion-MNIST are each their own.
+
+  The pitfall: both image sets in one call with one --download_dir base, whose extractions TFDS
+  keys by file name alone, and MNIST and Fashion-MNIST share their file names. The raw files
+  are read whole either way; only the first 32 examples per split are encoded (a full
+  preparation of both is ~35 s of PNG encoding). tiny_shakespeare's raw file lies in its own
+  subdirectory of --manual_dir, and is one example per split.
+  """
+  args = ["--datasets=tiny_shakespeare,mnist,fashion_mnist", f"--manual_dir={RAW}",
+          f"--data_dir={tmp_path / 'data'}", f"--download_dir={tmp_path / 'downloads'}",
+          "--max_examples_per_split=32"]
   run = prepare(*args)
   assert run.returncode == 0, run.stderr[-3000:]
-  assert "train=1, validation=1, test=1" in run.stdout
+  assert ("tiny_shakespeare (train=1, validation=1, test=1); mnist (train=32, test=32); "
+          "fashion_mnist (train=32, test=32)") in run.stdout
   for split in ("train", "validation", "test"):
-    prepared = source("tiny_shakespeare", split, tmp_path)
+    prepared = source("tiny_shakespeare", split, tmp_path / "data")
     reference = source("tiny_shakespeare", split, REFERENCE)
     assert len(prepared) == len(reference) == 1
     assert prepared[0]["text"] == reference[0]["text"], split
-  again = prepare(*args)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert "already prepared" in again.stdout
-
-
-@needs_raw
-def test_fashion_mnist_is_not_mnist(tmp_path):
-  # The pitfall: both in one call with one --download_dir base, whose extractions TFDS keys by
-  # file name alone, and MNIST and Fashion-MNIST share their file names. The raw files are
-  # read whole either way; only the first 32 examples per split are encoded (a full
-  # preparation of both is ~35 s of PNG encoding).
-  run = prepare("--datasets=mnist,fashion_mnist", f"--manual_dir={RAW}",
-                f"--data_dir={tmp_path / 'data'}", f"--download_dir={tmp_path / 'downloads'}",
-                "--max_examples_per_split=32")
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "mnist (train=32, test=32); fashion_mnist (train=32, test=32)" in run.stdout
   reference = {name: image_digests(name, "test", REFERENCE) for name in ("mnist", "fashion_mnist")}
   for name, other in (("mnist", "fashion_mnist"), ("fashion_mnist", "mnist")):
     prepared = image_digests(name, "test", tmp_path / "data")
     assert len(prepared) > 1 and prepared <= reference[name], name  # each image is its own ...
     assert not prepared & reference[other], name  # ... and none is the other dataset's.
+  again = prepare(*args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "already prepared" in again.stdout
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
