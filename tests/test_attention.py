@@ -8,7 +8,7 @@ import pytest
 from latent_attention.attention import AttentionConfig, make_attention
 from latent_attention.attention import core
 from latent_attention.attention.core import cached_attention, dot_product_attention
-from latent_attention.attention.rope import apply_rope, lowrank_key_logits
+from latent_attention.attention.rope import apply_rope, inv_frequencies, lowrank_key_logits
 from latent_attention.config import from_config
 from latent_attention.models import build_model
 
@@ -109,14 +109,15 @@ def test_cached_attention_matches_reference(layout, monkeypatch):
 def test_lowrank_key_logits_equal_rotating_expanded_keys():
   b, t, n, s, r, h = 2, 3, 4, 11, 3, 8
   keys = jax.random.split(jax.random.key(2), 3)
-  q_BTNH = apply_rope(jax.random.normal(keys[0], (b, t, n, h)), jnp.arange(t)[None] + 4)
+  freqs = inv_frequencies(h, AttentionConfig())
+  q_BTNH = apply_rope(jax.random.normal(keys[0], (b, t, n, h)), jnp.arange(t)[None] + 4, freqs)
   c_BNSC = jax.random.normal(keys[1], (b, n, s, r))
   w_CH = jax.random.normal(keys[2], (r, h))
-  k_BSNH = apply_rope(jnp.einsum("BNSC,CH->BSNH", c_BNSC, w_CH), jnp.arange(s)[None])
+  k_BSNH = apply_rope(jnp.einsum("BNSC,CH->BSNH", c_BNSC, w_CH), jnp.arange(s)[None], freqs)
   expected = np.einsum("btnh,bsnh->bnts", np.asarray(q_BTNH), np.asarray(k_BSNH))
   # Angles up to s·1 rad (rounded by eps·s in float32 sin/cos, 10 here), then sums over C=3
   # and H=8 of products of O(|q| |c| |w|) terms: ~ 10 + 3 + 8, rounded up.
-  assert_f32_close(lowrank_key_logits(q_BTNH, c_BNSC, w_CH), expected, terms=32)
+  assert_f32_close(lowrank_key_logits(q_BTNH, c_BNSC, w_CH, freqs), expected, terms=32)
 
 
 def test_core_causal_flag_equals_explicit_mask():
@@ -128,10 +129,14 @@ def test_core_causal_flag_equals_explicit_mask():
                      dot_product_attention(q, k, v, mask_BTS=tri, implementation=impl), terms=20)
 
 
-def test_rope_is_relative():
+@pytest.mark.parametrize("scaling", [{}, {"rope_scaling": "yarn", "rope_factor": 4.0,
+                                          "rope_original_len": 16}], ids=["plain", "yarn"])
+def test_rope_is_relative(scaling):
   q, k = (jax.random.normal(jax.random.key(i), (1, 1, 1, 8)) for i in range(2))
+  freqs = inv_frequencies(8, AttentionConfig(**scaling))
   def score(pq, pk):
-    return float(jnp.sum(apply_rope(q, jnp.array([[pq]])) * apply_rope(k, jnp.array([[pk]]))))
+    return float(jnp.sum(apply_rope(q, jnp.array([[pq]]), freqs)
+                         * apply_rope(k, jnp.array([[pk]]), freqs)))
   # The angle pos * freq (pos <= 14) rounds by eps * 14, which sin/cos pass on to both rotated
   # vectors (2), then a dot of 8 values: 2 * 14 * 8 terms on values up to ||q|| * ||k||.
   tol = 2 * 14 * 8 * F32_EPS * float(jnp.linalg.norm(q) * jnp.linalg.norm(k))

@@ -7,6 +7,8 @@ its value and what is allowed.
 
 import dataclasses
 
+from latent_attention.attention.rope import ROPE_SCALINGS
+
 KINDS = ("mha", "gqa", "mqa", "mla", "lowrank_gated", "head_gated")
 MLA_DECODE_MODES = ("naive", "latent", "absorbed")
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum")
@@ -23,6 +25,13 @@ class AttentionConfig:
   num_kv_heads: int = 4  # K, key/value heads (gqa); mha forces K=N, mqa forces K=1.
   head_dim: int = 32  # H for mha/gqa/mqa/lowrank_gated/head_gated.
   rope_theta: float = 10_000.0  # RoPE base frequency.
+  # YaRN context extension (docs/design.md, 3.1), for every kind's RoPE; none = plain RoPE.
+  rope_scaling: str = "none"  # none|yarn.
+  rope_factor: float = 1.0  # s: target context / original context (yarn).
+  rope_original_len: int = 0  # L, the context the model was trained at (required by yarn).
+  rope_beta_fast: float = 32.0  # pairs turning more often than this over L keep their frequency.
+  rope_beta_slow: float = 1.0  # pairs turning less often than this are divided by the factor.
+  rope_mscale: float = 1.0  # softmax scale x (0.1 * rope_mscale * ln(factor) + 1)^2 (yarn).
   implementation: str = "auto"  # sdpa backend: auto|xla|cudnn|einsum (auto: cudnn on GPU).
   # MLA (DeepSeek-V2 section 2.1).
   q_lora_rank: int = 0  # d_c', query compression rank; 0 = plain W_Q projection.
@@ -75,6 +84,19 @@ def validate(cfg: AttentionConfig) -> None:
     _fail("head_dim", cfg.head_dim, "RoPE needs an even head dim")
   if cfg.rope_theta <= 0:
     _fail("rope_theta", cfg.rope_theta, "must be > 0")
+  if cfg.rope_scaling not in ROPE_SCALINGS:
+    _fail("rope_scaling", cfg.rope_scaling, f"choose one of {', '.join(ROPE_SCALINGS)}")
+  if cfg.rope_scaling == "yarn":
+    if not cfg.rope_factor >= 1:
+      _fail("rope_factor", cfg.rope_factor, "must be >= 1 (target / original context)")
+    if not isinstance(cfg.rope_original_len, int) or cfg.rope_original_len < 1:
+      _fail("rope_original_len", cfg.rope_original_len,
+            "rope_scaling=yarn needs the training context length (a positive integer)")
+    if not cfg.rope_beta_fast > cfg.rope_beta_slow > 0:
+      _fail("rope_beta_slow", cfg.rope_beta_slow,
+            f"must be > 0 and < rope_beta_fast={cfg.rope_beta_fast}")
+    if cfg.rope_mscale < 0:
+      _fail("rope_mscale", cfg.rope_mscale, "must be >= 0")
   if cfg.kind == "mla":
     _positive(cfg, "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
     if cfg.q_lora_rank < 0:

@@ -14,7 +14,7 @@ from flax import linen as nn
 from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
 from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
-from latent_attention.attention.rope import apply_rope
+from latent_attention.attention.rope import apply_rope, inv_frequencies, softmax_scale
 
 
 class GroupedQueryAttention(nn.Module):
@@ -44,14 +44,16 @@ class GroupedQueryAttention(nn.Module):
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
     if pos_BT is not None:
-      q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
-      k_BSKH = apply_rope(k_BSKH, kv_pos_BS, cfg.rope_theta)
+      inv_freq = inv_frequencies(h, cfg)
+      q_BTNH = apply_rope(q_BTNH, pos_BT, inv_freq)
+      k_BSKH = apply_rope(k_BSKH, kv_pos_BS, inv_freq)
     if decode and (cached := cache.update(self, pos_BT, **cache.heads_major(
         cached_key=k_BSKH, cached_value=v_BSKH))):
       buffers, mask_BTS = cached
       out_BTNH = cached_attention((q_BTNH,), (buffers["cached_key"],), buffers["cached_value"],
-                                  mask_BTS=mask_BTS, scale=h ** -0.5)
+                                  mask_BTS=mask_BTS, scale=softmax_scale(h, cfg))
     else:
       out_BTNH = dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS=mask_BTS,
-                                       is_causal=is_causal, implementation=cfg.implementation)
+                                       is_causal=is_causal, scale=softmax_scale(h, cfg),
+                                       implementation=cfg.implementation)
     return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")

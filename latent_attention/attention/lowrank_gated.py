@@ -30,7 +30,8 @@ from flax import linen as nn
 from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
 from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
-from latent_attention.attention.rope import apply_rope, lowrank_key_logits
+from latent_attention.attention.rope import (apply_rope, inv_frequencies, lowrank_key_logits,
+                                             softmax_scale)
 
 
 class LowRankGatedAttention(nn.Module):
@@ -59,34 +60,36 @@ class LowRankGatedAttention(nn.Module):
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
+    inv_freq, scale = inv_frequencies(h, cfg), softmax_scale(h, cfg)
     if decode and (cached := cache.update(self, pos_BT, seq_axis=2,
                                           cached_k_latent=ck_BSNC.transpose(0, 2, 1, 3),
                                           cached_v_latent=cv_BSNC.transpose(0, 2, 1, 3))):
       buffers, mask_BTS = cached
       ck_BNSC, cv_BNSC = buffers["cached_k_latent"], buffers["cached_v_latent"]
-      q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
+      q_BTNH = apply_rope(q_BTNH, pos_BT, inv_freq)
       if x_BTD.shape[1] * r < h:  # Decoding: logits straight from the latents.
         w_CH = self.variables["params"]["k_up"]["kernel"].astype(self.dtype)
-        o_BTNC = cached_attention((), (), cv_BNSC, mask_BTS=mask_BTS, scale=h ** -0.5,
+        o_BTNC = cached_attention((), (), cv_BNSC, mask_BTS=mask_BTS, scale=scale,
                                   logits_BNTS=lowrank_key_logits(q_BTNH, ck_BNSC, w_CH,
-                                                                 cfg.rope_theta))
+                                                                 inv_freq))
       else:  # A long chunk (prefill): expanding the keys once is cheaper.
         b, _, s = ck_BNSC.shape[:3]
         k_BNSH = apply_rope(dense(ck_BNSC, h, name="k_up"),
-                            jnp.broadcast_to(jnp.arange(s), (b, s)), cfg.rope_theta,
+                            jnp.broadcast_to(jnp.arange(s), (b, s)), inv_freq,
                             heads_major=True)
         o_BTNC = cached_attention((q_BTNH,), (k_BNSH,), cv_BNSC, mask_BTS=mask_BTS,
-                                  scale=h ** -0.5)
+                                  scale=scale)
       # V_v is linear and shared by the heads: applied after the weighted sum of the latents.
       out_BTNH = dense(o_BTNC, h, name="v_up")
     else:
       k_BSNH = dense(ck_BSNC, h, name="k_up")
       v_BSNH = dense(cv_BSNC, h, name="v_up")
       if pos_BT is not None:
-        q_BTNH = apply_rope(q_BTNH, pos_BT, cfg.rope_theta)
-        k_BSNH = apply_rope(k_BSNH, kv_pos_BS, cfg.rope_theta)
+        q_BTNH = apply_rope(q_BTNH, pos_BT, inv_freq)
+        k_BSNH = apply_rope(k_BSNH, kv_pos_BS, inv_freq)
       out_BTNH = dot_product_attention(q_BTNH, k_BSNH, v_BSNH, mask_BTS=mask_BTS,
-                                       is_causal=is_causal, implementation=cfg.implementation)
+                                       is_causal=is_causal, scale=scale,
+                                       implementation=cfg.implementation)
     gate_logits_BTN = nn.Dense(n, dtype=self.dtype, name="gate")(x_BTD)
     gate_BTN = jax.nn.softmax(gate_logits_BTN.astype(jnp.float32), axis=-1).astype(self.dtype)
     if cfg.lowrank_combine == "sum":

@@ -25,7 +25,7 @@ from flax import linen as nn
 from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig
 from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
-from latent_attention.attention.rope import apply_rope
+from latent_attention.attention.rope import apply_rope, inv_frequencies, softmax_scale
 
 _init = nn.initializers.lecun_normal()
 
@@ -67,11 +67,12 @@ class MultiHeadLatentAttention(nn.Module):
     ckv_BSC = projection.RMSNorm(dtype=self.dtype, name="kv_norm")(dense(kv_BSD, c, name="kv_down"))
     k_rope_BSR = dense(kv_BSD, r, name="k_rope")
     if pos_BT is not None:
-      q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, cfg.rope_theta)
-      k_rope_BSR = apply_rope(k_rope_BSR[:, :, None], kv_pos_BS, cfg.rope_theta)[:, :, 0]
+      inv_freq = inv_frequencies(r, cfg)
+      q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, inv_freq)
+      k_rope_BSR = apply_rope(k_rope_BSR[:, :, None], kv_pos_BS, inv_freq)[:, :, 0]
     w_uk_CNH = self.param("k_up", _init, (c, n, nope)).astype(self.dtype)
     w_uv_CNH = self.param("v_up", _init, (c, n, dv)).astype(self.dtype)
-    scale = (nope + r) ** -0.5
+    scale = softmax_scale(nope + r, cfg)
     q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
 
     if not decode or not (cached := self._cache(pos_BT, ckv_BSC, k_rope_BSR, w_uk_CNH,
