@@ -40,6 +40,9 @@ CASES = [
      "eval.py: --workdir={tmp}/file is a file, not a directory"),
     ("eval_no_checkpoint", ["eval.py", "--workdir={tmp}"],
      "eval.py: --workdir={tmp} holds no checkpoint"),
+    ("eval_override", ["eval.py", "--workdir={tmp}", "--override=seq_len"],
+     "eval.py: --override=seq_len: expected dotted.key=value, e.g. "
+     "model.attention.rope_scaling=yarn"),
     ("unexpected_argument", ["eval.py", "--workdir={tmp}", "extra"],
      "eval.py: unexpected arguments: extra"),
     ("flag_bound", ["scripts/benchmark.py", LM, "--steps=0"],

@@ -1,6 +1,9 @@
 """`evaluate_workdir`: restore a checkpoint with its saved config and measure it (eval.py)."""
 
+import copy
+import dataclasses
 import os
+import re
 import statistics
 import time
 
@@ -8,24 +11,57 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from latent_attention import kv_cache_bytes, kv_cache_formula_bytes
+from latent_attention import kv_cache_bytes, kv_cache_formula_bytes, models
 from latent_attention.models.decoding import generate, init_cache
 from latent_attention.training import checkpoint, config_files, loop
 from latent_attention.training import metrics as metrics_lib
 
 
-def restore_experiment(workdir: str, step: int | None = None):
-  """(experiment, params, step) from `workdir`'s checkpoint `step` (default: the latest)."""
+def override_config(saved: dict, overrides: dict) -> dict:
+  """The saved config (JSON dict) with dotted `overrides` ({"data.seq_len": "512"}) set, each
+  value parsed as the type of the field it replaces; an unknown field is a one-line error."""
+  out = copy.deepcopy(saved)
+  if overrides and "model" in out:  # fields added since the run was saved, at their defaults.
+    out["model"] = dataclasses.asdict(models.parse_config(out["model"]))
+  for key, text in overrides.items():
+    node, *path = [out, *key.split(".")]
+    for i, name in enumerate(path):
+      if not isinstance(node, dict) or name not in node:
+        where = ".".join(path[:i]) or "the config"
+        fields = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+        raise ValueError(f"override {key}={text}: {where} has no field {name!r}; fields: "
+                         f"{fields}")
+      if i < len(path) - 1:
+        node = node[name]
+    old = node[path[-1]]
+    try:
+      if isinstance(old, bool):
+        if text.lower() not in ("true", "false"):
+          raise ValueError
+        node[path[-1]] = text.lower() == "true"
+      else:
+        node[path[-1]] = type(old)(text) if old is not None else text
+    except ValueError:
+      raise ValueError(f"override {key}={text}: expected a value of type {type(old).__name__}, "
+                       f"like the saved {old!r}") from None
+  return out
+
+
+def restore_experiment(workdir: str, step: int | None = None, overrides: dict | None = None):
+  """(experiment, params, step) from `workdir`'s checkpoint `step` (default: the latest); with
+  `overrides` (see `override_config`), the saved config changed before the model is built."""
   mngr = checkpoint.manager(workdir, read_only=True)
   try:
     step = checkpoint.checked_step(workdir, mngr, step)
     try:
-      exp, state = _restore(mngr, step)
+      exp, state = _restore(mngr, step, overrides or {})
     except Exception as e:  # pylint: disable=broad-except
+      if isinstance(e, ValueError) and str(e).startswith(("override ", "model.", "data.")):
+        raise  # a bad override, not an unreadable checkpoint.
       readable = []
       for other in sorted(set(mngr.all_steps()) - {step}, reverse=True):
         try:
-          _restore(mngr, other)
+          _restore(mngr, other, overrides or {})
           readable.append(str(other))
         except Exception:  # pylint: disable=broad-except
           pass
@@ -38,9 +74,9 @@ def restore_experiment(workdir: str, step: int | None = None):
   return exp, state.params, step
 
 
-def _restore(mngr, step: int):
+def _restore(mngr, step: int, overrides: dict):
   saved_config, metadata = checkpoint.read_json(mngr, step)
-  exp = loop.setup(config_files.from_dict(saved_config), metadata)
+  exp = loop.setup(config_files.from_dict(override_config(saved_config, overrides)), metadata)
   abstract = checkpoint.replicated_abstract(
       jax.eval_shape(exp.init_state, jax.random.key(0)), exp.replicated)
   return exp, checkpoint.restore(mngr, step, abstract)
@@ -94,10 +130,12 @@ def plot_cross_attention(exp, params, path: str, num_images: int = 4) -> str:
 
 
 def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
-                     plot_attention: bool = False, plot_curves: bool = False) -> dict:
+                     plot_attention: bool = False, plot_curves: bool = False,
+                     overrides: dict | None = None) -> dict:
   """Evaluates a checkpoint on its eval and test splits; writes eval_results.json (and with
-  plot_curves, learning_curve.png from the run's metrics.jsonl)."""
-  exp, params, step = restore_experiment(workdir, step)
+  plot_curves, learning_curve.png from the run's metrics.jsonl). With config `overrides`
+  (e.g. another data.seq_len), the results go to eval_results_<overrides>.json instead."""
+  exp, params, step = restore_experiment(workdir, step, overrides)
   cfg = exp.config
   if plot_attention:
     check_plottable(exp)
@@ -107,7 +145,8 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
                      "plot")  # before evaluating, not after.
   splits = splits or list(dict.fromkeys([cfg.data.eval_split, cfg.data.test_split]))
   results = {"workdir": os.path.abspath(workdir), "step": step,
-             "attention": cfg.model.get("attention", {}).get("kind")}
+             "attention": cfg.model.get("attention", {}).get("kind"),
+             **({"overrides": dict(overrides)} if overrides else {})}
   for split in splits:
     logging.info("Evaluating %s on %s", workdir, split)
     results[split] = loop.evaluate(exp, params, split)
@@ -124,5 +163,13 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
     results["curve_plot"] = os.path.join(workdir, "learning_curve.png")
     plots.learning_curve(lines, results["curve_plot"])
   if jax.process_index() == 0:
-    checkpoint.dump_json(os.path.join(workdir, "eval_results.json"), results)
+    checkpoint.dump_json(os.path.join(workdir, results_name(overrides)), results)
   return results
+
+
+def results_name(overrides: dict | None) -> str:
+  """eval_results.json, or eval_results_<field><value>_....json for an overridden config."""
+  if not overrides:
+    return "eval_results.json"
+  slug = "_".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in sorted(overrides.items()))
+  return f"eval_results_{re.sub(r'[^A-Za-z0-9_.=-]', '', slug)}.json"

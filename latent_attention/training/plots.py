@@ -135,3 +135,25 @@ def learning_curve(lines, path: str) -> None:
       top.set_xticks(ticks[ticks <= secs[-1] / 60])  # past the last line it would clamp.
       top.set_xlabel("minutes since the first metrics line")
   fig.savefig(path, dpi=DPI)
+
+
+def perplexity_vs_context(rows, path: str) -> None:
+  """Perplexity vs evaluation context (log2 x), one colour per run, solid plain RoPE, dashed
+  YaRN; a dotted line at each run's training length."""
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.subplots()
+  runs = list(dict.fromkeys(r["run"] for r in rows))
+  for i, run in enumerate(runs):
+    for scaling, style in (("none", "-o"), ("yarn", "--s")):
+      pts = sorted((r["length"], r["perplexity"]) for r in rows
+                   if r["run"] == run and r["scaling"] == scaling)
+      if pts:
+        ax.plot(*zip(*pts), style, color=f"C{i}",
+                label=f"{run} ({'plain RoPE' if scaling == 'none' else 'YaRN'})")
+  for t in sorted({r["trained_len"] for r in rows}):
+    ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+  ax.set_xscale("log", base=2)
+  ax.set(xlabel="evaluation context (tokens); dotted: training length", ylabel="perplexity",
+         title="Perplexity past the training context")
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=DPI)
