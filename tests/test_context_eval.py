@@ -41,5 +41,5 @@ def test_override_config_parses_types_and_fills_new_fields():
                                        r"int, like the saved 128$"):
     override_config(saved, {"data.seq_len": "long"})
   with pytest.raises(ValueError, match=r"^override data.seqlen=5: data has no field 'seqlen'; "
-                                       r"fields: name, seq_len$"):
+                                       r"did you mean seq_len\? fields: name, seq_len$"):
     override_config(saved, {"data.seqlen": "5"})

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import functools
 import os
 import re
 import statistics
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from latent_attention import kv_cache_bytes, kv_cache_formula_bytes, models
+from latent_attention import cli, kv_cache_bytes, kv_cache_formula_bytes, models
 from latent_attention.models.decoding import generate, init_cache
 from latent_attention.training import checkpoint, config_files, loop
 from latent_attention.training import metrics as metrics_lib
@@ -24,23 +25,18 @@ def override_config(saved: dict, overrides: dict) -> dict:
   if overrides and "model" in out:  # fields added since the run was saved, at their defaults.
     out["model"] = dataclasses.asdict(models.parse_config(out["model"]))
   for key, text in overrides.items():
-    node, *path = [out, *key.split(".")]
-    for i, name in enumerate(path):
-      if not isinstance(node, dict) or name not in node:
-        where = ".".join(path[:i]) or "the config"
-        fields = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
-        raise ValueError(f"override {key}={text}: {where} has no field {name!r}; fields: "
-                         f"{fields}")
-      if i < len(path) - 1:
-        node = node[name]
-    old = node[path[-1]]
+    if why := cli.unknown_field(out, key):
+      raise ValueError(f"override {key}={text}: {why}")
+    *path, last = key.split(".")
+    node = functools.reduce(lambda section, name: section[name], path, out)
+    old = node[last]
     try:
       if isinstance(old, bool):
         if text.lower() not in ("true", "false"):
           raise ValueError
-        node[path[-1]] = text.lower() == "true"
+        node[last] = text.lower() == "true"
       else:
-        node[path[-1]] = type(old)(text) if old is not None else text
+        node[last] = type(old)(text) if old is not None else text
     except ValueError:
       raise ValueError(f"override {key}={text}: expected a value of type {type(old).__name__}, "
                        f"like the saved {old!r}") from None
