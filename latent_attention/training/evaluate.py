@@ -79,11 +79,16 @@ def _restore(mngr, step: int, overrides: dict):
 
 
 def cache_report(exp, params, seq_len: int) -> dict:
-  """Measured decode-cache bytes after prefilling `seq_len` tokens, next to the formula."""
+  """Measured decode-cache bytes after prefilling `seq_len` tokens, next to the formula.
+
+  The cache the prefill returns is traced for its shapes and dtypes only (`jax.eval_shape`):
+  the same buffers, without running the prompt op by op (seconds at runlocal sizes).
+  """
   model = exp.model
   prompt = jnp.zeros((1, seq_len), jnp.int32)
-  _, mutated = model.apply({"params": params, "cache": init_cache(model, 1, seq_len)}, prompt,
-                           decode=True, mutable=["cache"])
+  _, mutated = jax.eval_shape(
+      lambda p, c: model.apply({"params": p, "cache": c}, prompt, decode=True,
+                               mutable=["cache"]), params, init_cache(model, 1, seq_len))
   dtype = jax.tree.leaves(
       [x for x in jax.tree.leaves(mutated["cache"]) if jnp.issubdtype(x.dtype, jnp.floating)]
   )[0].dtype
