@@ -12,7 +12,7 @@ from latent_attention.attention.rope import apply_rope, inv_frequencies, lowrank
 from latent_attention.config import from_config
 from latent_attention.models import build_model
 
-from conftest import F32_EPS, LM_VARIANTS, assert_f32_close, tiny_lm_config, variant_id
+from conftest import F32_EPS, assert_f32_close, tiny_lm_config, variant_id
 
 
 def _attention(cfg_section, d_model=32):
@@ -20,9 +20,12 @@ def _attention(cfg_section, d_model=32):
   return make_attention(cfg, d_model, jnp.float32)
 
 
-# MLA's decode modes share one full forward pass: one of them is enough here.
-FORWARD_VARIANTS = [v for v in LM_VARIANTS if v[1].get("mla_decode_mode") != "latent"
-                    and v[1] != {"mla_decode_mode": "absorbed"}]
+# One per distinct full forward pass: MLA's decode modes share one (q_lora_rank adds a query
+# projection), lowrank_gated's combines and head_gated's ways of counting kept heads differ
+# after attention, not in which positions it reads.
+FORWARD_VARIANTS = [("mha", {}), ("gqa", {"num_kv_heads": 2}), ("mqa", {}),
+                    ("mla", {"mla_decode_mode": "absorbed", "q_lora_rank": 24}),
+                    ("lowrank_gated", {}), ("head_gated", {"head_gated_top_k": 2})]
 
 
 @pytest.mark.parametrize("variant", FORWARD_VARIANTS, ids=variant_id)
