@@ -89,6 +89,9 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 64  # sequences per eval batch.
   config.train.checkpoint_every = 500  # steps between checkpoints (and one at the end).
   config.train.keep_checkpoints = 3  # newest checkpoints kept.
+  # A workdir whose newest parameters start this run (same model; step 0, fresh optimizer,
+  # e.g. a fine-tune at another data.seq_len). "" = random init. A resumed run ignores it.
+  config.train.init_from = ""
 
   config.eval = ml_collections.ConfigDict()
   config.eval.prompt = "ROMEO:\n"  # sample prompt (must use training characters).

@@ -1,7 +1,8 @@
 """Perplexity of trained LMs at other context lengths, with and without YaRN (eval_context.py).
 
-Each workdir's checkpoint is evaluated on its eval split at every length L: as trained (plain
-RoPE), and, for L above the training length T, with YaRN (`rope_scaling=yarn`, factor L / T,
+Each workdir's checkpoint is evaluated on its eval split at every length L: as trained (its
+own RoPE: plain, or the YaRN it was fine-tuned with), and, for L above the training length T,
+with YaRN (`rope_scaling=yarn`, factor L / T,
 original length T; design.md 3.1). Every target of the split is scored once at each length
 (design.md 5), so the numbers compare across lengths.
 """
@@ -38,8 +39,11 @@ def evaluate_lengths(workdir: str, lengths, yarn: bool = True) -> list[dict]:
       exp, params, step = evaluate.restore_experiment(
           workdir, overrides={"data.seq_len": str(length), **extra})
       scores = loop.evaluate(exp, params, split)
+      attn = exp.config.model.attention
+      rope = (f"YaRN x{attn.rope_factor:g}" if attn.get("rope_scaling", "none") == "yarn"
+              else "plain")
       rows.append({"run": os.path.basename(os.path.normpath(workdir)),
-                   "kind": exp.config.model.attention.kind, "step": step,
+                   "kind": attn.kind, "step": step, "rope": rope,
                    "trained_len": trained, "length": length, "scaling": scaling,
                    "split": split, "loss": scores["loss"], "perplexity": scores["perplexity"],
                    "seconds": time.perf_counter() - start})
@@ -64,7 +68,7 @@ def write(rows, output_dir: str) -> dict:
       if got:
         first = next(iter(got.values()))
         table.append([run, first["kind"], str(first["trained_len"]),
-                      "plain" if scaling == "none" else "YaRN",
+                      first["rope"] if scaling == "none" else "YaRN (length / trained)",
                       *(f"{got[n]['perplexity']:.3f}" if n in got else "" for n in lengths)])
   with open(paths["md"], "w") as f:
     f.write(f"Perplexity on {rows[0]['split']} at each evaluation context (tokens).\n\n")

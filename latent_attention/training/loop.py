@@ -182,7 +182,35 @@ def _resume(config, workdir: str, mngr):
         + f"; move {os.path.join(workdir, 'checkpoints')} away to start afresh")
   exp = setup(config)
   state = exp.init_state(jax.random.key(config.seed))
+  if tcfg.get("init_from"):
+    state = state.replace(params=_params_from(tcfg.init_from, exp, state))
   return exp, state, iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
+
+
+def _params_from(source: str, exp, state):
+  """The newest checkpoint's parameters of another run (train.init_from), for a fresh run of
+  the same model: step 0, a fresh optimizer, its own schedule and data order."""
+  if not os.path.isdir(os.path.join(source, "checkpoints")):
+    raise ValueError(f"train.init_from={source} is invalid: no run directory with checkpoints "
+                     "there")
+  src = checkpoint.manager(source, read_only=True)
+  try:
+    step = checkpoint.checked_step(source, src, None)
+    saved = checkpoint.param_metadata(source, step)
+    want = jax.tree.map(lambda x: tuple(x.shape), state.params)
+    have = jax.tree.map(lambda x: tuple(x.shape), saved)
+    if jax.tree.structure(want) != jax.tree.structure(have) or want != have:
+      diff = sorted(set(map(str, jax.tree_util.tree_flatten_with_path(have)[0])) ^ set(
+          map(str, jax.tree_util.tree_flatten_with_path(want)[0])))
+      raise ValueError(f"train.init_from={source}: its parameters (step {step}) are not this "
+                       f"model's; first difference: {diff[0] if diff else 'tree structure'}")
+    restored = checkpoint.restore(src, step, checkpoint.replicated_abstract(state,
+                                                                            exp.replicated))
+  finally:
+    src.close()
+  logging.info("Initialised from %s (step %d): parameters only, training starts at step 0",
+               source, step)
+  return restored.params
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -138,18 +138,18 @@ def learning_curve(lines, path: str) -> None:
 
 
 def perplexity_vs_context(rows, path: str) -> None:
-  """Perplexity vs evaluation context (log2 x), one colour per run, solid plain RoPE, dashed
-  YaRN; a dotted line at each run's training length."""
+  """Perplexity vs evaluation context (log2 x), one colour per run, solid as trained, dashed
+  with YaRN scaled to the length; a dotted line at each run's training length."""
   fig = Figure(figsize=(7, 5), layout="constrained")
   ax = fig.subplots()
   runs = list(dict.fromkeys(r["run"] for r in rows))
   for i, run in enumerate(runs):
     for scaling, style in (("none", "-o"), ("yarn", "--s")):
-      pts = sorted((r["length"], r["perplexity"]) for r in rows
-                   if r["run"] == run and r["scaling"] == scaling)
-      if pts:
-        ax.plot(*zip(*pts), style, color=f"C{i}",
-                label=f"{run} ({'plain RoPE' if scaling == 'none' else 'YaRN'})")
+      got = [r for r in rows if r["run"] == run and r["scaling"] == scaling]
+      if got:
+        rope = got[0]["rope"] if scaling == "none" else "YaRN x length/trained"
+        ax.plot(*zip(*sorted((r["length"], r["perplexity"]) for r in got)), style,
+                color=f"C{i % 10}", label=f"{run} ({rope})")
   for t in sorted({r["trained_len"] for r in rows}):
     ax.axvline(t, color="grey", linestyle=":", linewidth=1)
   ax.set_xscale("log", base=2)
