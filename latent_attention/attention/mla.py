@@ -64,7 +64,8 @@ class MultiHeadLatentAttention(nn.Module):
     else:
       q_BTNH = dense(x_BTD, (n, nope + r), name="query")
     q_nope_BTNH, q_rope_BTNR = q_BTNH[..., :nope], q_BTNH[..., nope:]
-    ckv_BSC = projection.RMSNorm(dtype=self.dtype, name="kv_norm")(dense(kv_BSD, c, name="kv_down"))
+    ckv_BSC = projection.RMSNorm(dtype=self.dtype, name="kv_norm")(
+        dense(kv_BSD, c, name="kv_down"))
     k_rope_BSR = dense(kv_BSD, r, name="k_rope")
     if pos_BT is not None:
       inv_freq = inv_frequencies(r, cfg)

@@ -2,9 +2,8 @@
 
 Each workdir's checkpoint is evaluated on its eval split at every length L: as trained (its
 own RoPE: plain, or the YaRN it was fine-tuned with), and, for L above the training length T,
-with YaRN (`rope_scaling=yarn`, factor L / T,
-original length T; design.md 3.1). Every target of the split is scored once at each length
-(design.md 5), so the numbers compare across lengths.
+with YaRN (`rope_scaling=yarn`, factor L / T, original length T; design.md 3.1). Every target
+of the split is scored once at each length (design.md 5), so the numbers compare across lengths.
 """
 
 import json
@@ -13,7 +12,7 @@ import time
 
 from absl import logging
 
-from latent_attention.training import evaluate, loop
+from latent_attention.training import config_files, evaluate, loop
 
 
 def yarn_overrides(trained_len: int, length: int) -> dict:
@@ -26,9 +25,10 @@ def yarn_overrides(trained_len: int, length: int) -> dict:
 def evaluate_lengths(workdir: str, lengths, yarn: bool = True) -> list[dict]:
   """Rows {run, kind, trained_len, length, scaling, loss, perplexity, seconds}, one per
   (length, scaling) of one workdir."""
-  exp, _, _ = evaluate.restore_experiment(workdir)
-  trained = exp.config.data.seq_len
-  split = exp.config.data.eval_split
+  # Restored once: RoPE has no parameters, so the same weights serve every length and scaling.
+  exp, params, step = evaluate.restore_experiment(workdir)
+  saved = exp.config.to_dict()
+  trained, split = exp.config.data.seq_len, exp.config.data.eval_split
   rows = []
   for length in lengths:
     variants = [("none", {})]
@@ -36,8 +36,8 @@ def evaluate_lengths(workdir: str, lengths, yarn: bool = True) -> list[dict]:
       variants.append(("yarn", yarn_overrides(trained, length)))
     for scaling, extra in variants:
       start = time.perf_counter()
-      exp, params, step = evaluate.restore_experiment(
-          workdir, overrides={"data.seq_len": str(length), **extra})
+      config = evaluate.override_config(saved, {"data.seq_len": str(length), **extra})
+      exp = loop.setup(config_files.from_dict(config), exp.dataset.metadata())
       scores = loop.evaluate(exp, params, split)
       attn = exp.config.model.attention
       rope = (f"YaRN x{attn.rope_factor:g}" if attn.get("rope_scaling", "none") == "yarn"

@@ -196,14 +196,14 @@ def _params_from(source: str, exp, state):
   src = checkpoint.manager(source, read_only=True)
   try:
     step = checkpoint.checked_step(source, src, None)
-    saved = checkpoint.param_metadata(source, step)
-    want = jax.tree.map(lambda x: tuple(x.shape), state.params)
-    have = jax.tree.map(lambda x: tuple(x.shape), saved)
-    if jax.tree.structure(want) != jax.tree.structure(have) or want != have:
-      diff = sorted(set(map(str, jax.tree_util.tree_flatten_with_path(have)[0])) ^ set(
-          map(str, jax.tree_util.tree_flatten_with_path(want)[0])))
+    shapes = lambda tree: {jax.tree_util.keystr(path): tuple(x.shape)  # noqa: E731
+                           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    have, want = shapes(checkpoint.param_metadata(source, step)), shapes(state.params)
+    diff = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+    if diff:
       raise ValueError(f"train.init_from={source}: its parameters (step {step}) are not this "
-                       f"model's; first difference: {diff[0] if diff else 'tree structure'}")
+                       f"model's; first difference: {diff[0]} (saved {have.get(diff[0])}, this "
+                       f"model {want.get(diff[0])})")
     restored = checkpoint.restore(src, step, checkpoint.replicated_abstract(state,
                                                                             exp.replicated))
   finally:
