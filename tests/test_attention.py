@@ -157,6 +157,15 @@ def test_rope_is_relative(scaling):
      "model.attention.kv_lora_rank=64 is invalid: must be <= model.d_model=32"),
     ({"kind": "mla", "mla_decode_mode": "fast"},
      "model.attention.mla_decode_mode='fast' is invalid: choose one of naive, latent, absorbed"),
+    ({"kind": "mla", "mla_rope_heads": 3},
+     "model.attention.mla_rope_heads=3 is invalid: must divide num_heads=4"),
+    ({"kind": "mla", "mla_rope_heads": 2, "mla_rope_pairs": "0,1;2,4"},
+     "model.attention.mla_rope_pairs='0,1;2,4' is invalid: '|'-separated layers of 2 "
+     "';'-separated groups (mla_rope_heads) of 2 distinct ','-separated integers in "
+     "[0, head_dim/2=4)"),
+    ({"kind": "mla", "mla_rope_pairs": "0,1|1,2|2,3"},
+     "model.attention.mla_rope_pairs has 3 '|'-separated layers: give one group for all layers "
+     "or one per layer (num_layers=2)"),
     ({"num_heads": 0}, "model.attention.num_heads=0 is invalid: must be a positive integer"),
     ({"implementation": "flash"}, "model.attention.implementation='flash' is invalid"),
 ])

@@ -36,8 +36,14 @@ class AttentionConfig:
   # MLA (DeepSeek-V2 section 2.1).
   q_lora_rank: int = 0  # d_c', query compression rank; 0 = plain W_Q projection.
   kv_lora_rank: int = 32  # d_c, joint KV compression rank (the cached latent).
-  qk_nope_head_dim: int = 32  # d_nope, per-head non-RoPE part of q and k.
-  qk_rope_head_dim: int = 16  # d_R, decoupled RoPE dim (one key shared by all heads).
+  qk_nope_head_dim: int = 32  # d_nope, per-head non-RoPE part of q and k (0: all RoPE).
+  qk_rope_head_dim: int = 16  # d_R, width of each decoupled RoPE key.
+  mla_rope_heads: int = 1  # K_R, RoPE keys: 1 = DeepSeek's shared key; K = one per kv group.
+  # The d_R/2 pairs j kept of a head_dim-wide RoPE (frequency θ^(-2j/head_dim)) per RoPE key
+  # (';'-separated) and per layer ('|', or one group for all), as a converted model keeps them
+  # (MHA2MLA), e.g. "0,5;1,2|0,1;3,7"; "" = a plain d_R-wide RoPE.
+  mla_rope_pairs: str = ""
+  mla_kv_norm: bool = True  # RMSNorm on c_KV (DeepSeek); converted models have none.
   v_head_dim: int = 32  # d_v, per-head value dim.
   mla_decode_mode: str = "absorbed"  # naive|latent|absorbed: what the decode cache holds.
   # lowrank_gated (low-rank gated heads, docs/design.md).
@@ -52,6 +58,11 @@ class AttentionConfig:
 
   def __post_init__(self):
     validate(self)
+
+  def for_layer(self, i: int) -> "AttentionConfig":
+    """The config of layer i: its own group of `mla_rope_pairs` when they are per layer."""
+    layers = self.mla_rope_pairs.split("|")
+    return self if len(layers) == 1 else dataclasses.replace(self, mla_rope_pairs=layers[i])
 
   @property
   def kv_heads(self) -> int:
@@ -98,11 +109,17 @@ def validate(cfg: AttentionConfig) -> None:
     if cfg.rope_mscale < 0:
       _fail("rope_mscale", cfg.rope_mscale, "must be >= 0")
   if cfg.kind == "mla":
-    _positive(cfg, "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    _positive(cfg, "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "mla_rope_heads")
+    if not isinstance(cfg.qk_nope_head_dim, int) or cfg.qk_nope_head_dim < 0:
+      _fail("qk_nope_head_dim", cfg.qk_nope_head_dim, "must be an integer >= 0")
+    if cfg.num_heads % cfg.mla_rope_heads:
+      _fail("mla_rope_heads", cfg.mla_rope_heads, f"must divide num_heads={cfg.num_heads}")
     if cfg.q_lora_rank < 0:
       _fail("q_lora_rank", cfg.q_lora_rank, "must be >= 0 (0 disables query compression)")
     if cfg.qk_rope_head_dim % 2:
       _fail("qk_rope_head_dim", cfg.qk_rope_head_dim, "RoPE needs an even dim")
+    if cfg.mla_rope_pairs:
+      rope_pairs(cfg)
     if cfg.mla_decode_mode not in MLA_DECODE_MODES:
       _fail("mla_decode_mode", cfg.mla_decode_mode,
             f"choose one of {', '.join(MLA_DECODE_MODES)}")
@@ -120,6 +137,25 @@ def validate(cfg: AttentionConfig) -> None:
     if cfg.head_gated_pool not in HEAD_GATED_POOLS:
       _fail("head_gated_pool", cfg.head_gated_pool,
             f"choose one of {', '.join(HEAD_GATED_POOLS)}")
+
+
+def rope_pairs(cfg: AttentionConfig) -> list[list[list[int]]]:
+  """`mla_rope_pairs` parsed: per layer ('|'-separated; one group serves every layer), K_R
+  lists (';') of d_R/2 distinct pair indices (',') below head_dim/2."""
+  want = (f"'|'-separated layers of {cfg.mla_rope_heads} ';'-separated groups "
+          f"(mla_rope_heads) of {cfg.qk_rope_head_dim // 2} distinct ','-separated integers "
+          f"in [0, head_dim/2={cfg.head_dim // 2})")
+  try:
+    layers = [[[int(j) for j in g.split(",")] for g in layer.split(";")]
+              for layer in cfg.mla_rope_pairs.split("|")]
+  except ValueError:
+    _fail("mla_rope_pairs", cfg.mla_rope_pairs, want)
+  for groups in layers:
+    if len(groups) != cfg.mla_rope_heads or any(
+        len(set(g)) != len(g) or len(g) != cfg.qk_rope_head_dim // 2
+        or not all(0 <= j < cfg.head_dim // 2 for j in g) for g in groups):
+      _fail("mla_rope_pairs", cfg.mla_rope_pairs, want)
+  return layers
 
 
 def check_width(cfg: AttentionConfig, d_model: int) -> None:

@@ -3,7 +3,10 @@
 Keys and values are up-projected from one low-rank latent c_KV = RMSNorm(W_DKV h) of rank d_c,
 and position enters through a decoupled RoPE key k_R = RoPE(W_KR h) that ONE head shares with
 all query heads. The cache therefore needs only c_KV and k_R: d_c + d_R elements per token per
-layer. Decode modes (`mla_decode_mode`), equal in exact arithmetic:
+layer. `mla_rope_heads` = K_R > 1 gives each group of N / K_R query heads its own RoPE key, as
+MHA2MLA (arXiv 2502.14837) keeps one per kv head of a converted GQA model, with the frequency
+pairs it kept (`mla_rope_pairs`): d_c + K_R·d_R. Decode modes (`mla_decode_mode`), equal in
+exact arithmetic:
 
   naive     caches the expanded per-head K and V (what MHA would cache), for reference;
   latent    caches c_KV and k_R and re-expands K and V over the whole cache every step;
@@ -20,10 +23,11 @@ import functools
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from latent_attention.attention import cache, projection
-from latent_attention.attention.config import AttentionConfig
+from latent_attention.attention.config import AttentionConfig, rope_pairs
 from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
 from latent_attention.attention.rope import apply_rope, inv_frequencies, softmax_scale
 
@@ -41,7 +45,7 @@ class MultiHeadLatentAttention(nn.Module):
   def cache_elements_per_token(cfg: AttentionConfig) -> int:
     if cfg.mla_decode_mode == "naive":
       return cfg.num_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
-    return cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    return cfg.kv_lora_rank + cfg.mla_rope_heads * cfg.qk_rope_head_dim
 
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
@@ -64,22 +68,29 @@ class MultiHeadLatentAttention(nn.Module):
     else:
       q_BTNH = dense(x_BTD, (n, nope + r), name="query")
     q_nope_BTNH, q_rope_BTNR = q_BTNH[..., :nope], q_BTNH[..., nope:]
-    ckv_BSC = projection.RMSNorm(dtype=self.dtype, name="kv_norm")(
-        dense(kv_BSD, c, name="kv_down"))
-    k_rope_BSR = dense(kv_BSD, r, name="k_rope")
+    ckv_BSC = dense(kv_BSD, c, name="kv_down")
+    if cfg.mla_kv_norm:
+      ckv_BSC = projection.RMSNorm(dtype=self.dtype, name="kv_norm")(ckv_BSC)
+    kr = cfg.mla_rope_heads
+    # [B, S, K_R, d_R]; the kernel stays [D, d_R] with one RoPE key (DeepSeek's checkpoints).
+    k_rope_BSKR = dense(kv_BSD, (kr, r) if kr > 1 else r, name="k_rope").reshape(
+        *kv_BSD.shape[:2], kr, r)
     if pos_BT is not None:
-      inv_freq = inv_frequencies(r, cfg)
-      q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, inv_freq)
-      k_rope_BSR = apply_rope(k_rope_BSR[:, :, None], kv_pos_BS, inv_freq)[:, :, 0]
-    w_uk_CNH = self.param("k_up", _init, (c, n, nope)).astype(self.dtype)
+      inv_freq = rope_frequencies(cfg)
+      q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, np.repeat(inv_freq, n // kr, axis=0)
+                               if inv_freq.ndim == 2 else inv_freq)
+      k_rope_BSKR = apply_rope(k_rope_BSKR, kv_pos_BS, inv_freq)
+    # d_nope = 0 (every key dim rotated, e.g. a converted model keeping all RoPE pairs): no W_UK.
+    w_uk_CNH = (self.param("k_up", _init, (c, n, nope)).astype(self.dtype) if nope
+                else jnp.zeros((c, n, 0), self.dtype))
     w_uv_CNH = self.param("v_up", _init, (c, n, dv)).astype(self.dtype)
     scale = softmax_scale(nope + r, cfg)
     q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
 
-    if not decode or not (cached := self._cache(pos_BT, ckv_BSC, k_rope_BSR, w_uk_CNH,
+    if not decode or not (cached := self._cache(pos_BT, ckv_BSC, k_rope_BSKR, w_uk_CNH,
                                                 w_uv_CNH)):
       k_nope_BSNH = projection.apply_kernel(ckv_BSC, w_uk_CNH)
-      k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None], (*k_rope_BSR.shape[:2], n, r))
+      k_rope_BSNR = _per_query_head(k_rope_BSKR, n, axis=2)
       out_BTNH = dot_product_attention(
           q_BTNH, jnp.concatenate([k_nope_BSNH, k_rope_BSNR], axis=-1),
           projection.apply_kernel(ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS,
@@ -104,17 +115,42 @@ class MultiHeadLatentAttention(nn.Module):
           jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS, scale=scale)
     return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
 
-  def _cache(self, pos_BT, ckv_BSC, k_rope_BSR, w_uk_CNH, w_uv_CNH):
-    """Writes this chunk into the cache (see `cache.update`); naive mode caches expanded heads."""
+  def _cache(self, pos_BT, ckv_BSC, k_rope_BSKR, w_uk_CNH, w_uv_CNH):
+    """Writes this chunk into the cache (see `cache.update`); naive mode caches expanded heads.
+
+    The RoPE keys are [B, S, d_R] with one head, heads-major [B, K_R, S, d_R] with several."""
     if self.cfg.mla_decode_mode != "naive":
-      return cache.update(self, pos_BT, cached_ckv=ckv_BSC, cached_k_rope=k_rope_BSR)
-    n, r = self.cfg.num_heads, self.cfg.qk_rope_head_dim
-    b, s = k_rope_BSR.shape[:2]
+      if k_rope_BSKR.shape[2] == 1:
+        return cache.update(self, pos_BT, cached_ckv=ckv_BSC, cached_k_rope=k_rope_BSKR[:, :, 0])
+      rope = cache.update(self, pos_BT, **cache.heads_major(cached_k_rope=k_rope_BSKR))
+      latent = cache.update(self, pos_BT, cached_ckv=ckv_BSC)
+      return rope and latent and ({**rope[0], **latent[0]}, latent[1])
+    n = self.cfg.num_heads
     k_nope_BNSH = jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uk_CNH)
-    k_rope_BNSR = jnp.broadcast_to(k_rope_BSR[:, None], (b, n, s, r))
+    k_rope_BNSR = _per_query_head(k_rope_BSKR, n, axis=2).transpose(0, 2, 1, 3)
     return cache.update(self, pos_BT, seq_axis=2,
                         cached_key=jnp.concatenate([k_nope_BNSH, k_rope_BNSR], axis=-1),
                         cached_value=jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uv_CNH))
+
+
+def rope_frequencies(cfg: AttentionConfig) -> np.ndarray:
+  """RoPE frequencies of the decoupled keys: [d_R/2] shared by every RoPE key, or
+  [K_R, d_R/2] with `mla_rope_pairs` (pair j of a head_dim-wide RoPE turns at its θ^(-2j/H))."""
+  if not cfg.mla_rope_pairs:
+    return inv_frequencies(cfg.qk_rope_head_dim, cfg)
+  layers = rope_pairs(cfg)
+  if len(layers) > 1:
+    raise ValueError(f"model.attention.mla_rope_pairs={cfg.mla_rope_pairs!r} is invalid here: "
+                     "per-layer pairs ('|') are for the LM, which gives each layer its own")
+  return inv_frequencies(cfg.head_dim, cfg)[np.asarray(layers[0])]
+
+
+def _per_query_head(x, n: int, axis: int):
+  """Repeats K_R RoPE-key heads along `axis` to the N query heads (group n // (N / K_R))."""
+  kr = x.shape[axis]
+  if kr == 1:
+    return jnp.broadcast_to(x, (*x.shape[:axis], n, *x.shape[axis + 1:]))
+  return jnp.repeat(x, n // kr, axis=axis)
 
 
 def absorb_is_cheaper(cfg: AttentionConfig, t: int) -> bool:

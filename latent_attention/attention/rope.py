@@ -41,21 +41,27 @@ def softmax_scale(qk_dim: int, cfg) -> float:
   return scale
 
 
-def apply_rope(x_BTNH: jax.Array, pos_BT: jax.Array, inv_freq_H2: np.ndarray, *,
+def apply_rope(x_BTNH: jax.Array, pos_BT: jax.Array, inv_freq: np.ndarray, *,
                heads_major: bool = False) -> jax.Array:
   """Rotates pairs (x[..., i], x[..., i + H/2]) by angle pos · inv_freq[i] (`inv_frequencies`).
 
-  x is [B, T, N, H], or [B, N, T, H] with heads_major (a decode cache's layout).
+  x is [B, T, N, H], or [B, N, T, H] with heads_major (a decode cache's layout). inv_freq is
+  [H/2] for every head, or [N, H/2] for one set per head (MLA's converted RoPE keys).
   """
   h = x_BTNH.shape[-1]
-  if h != 2 * len(inv_freq_H2):
-    raise ValueError(f"RoPE of head dim {h} needs {h // 2} frequencies, got {len(inv_freq_H2)}")
-  angle_BTH2 = pos_BT[..., None].astype(jnp.float32) * inv_freq_H2
+  if h != 2 * inv_freq.shape[-1]:
+    raise ValueError(f"RoPE of head dim {h} needs {h // 2} frequencies, got "
+                     f"{inv_freq.shape[-1]}")
   head_axis = 1 if heads_major else 2
-  sin_BT1H2 = jnp.expand_dims(jnp.sin(angle_BTH2), head_axis)
-  cos_BT1H2 = jnp.expand_dims(jnp.cos(angle_BTH2), head_axis)
+  pos = pos_BT.astype(jnp.float32)
+  if inv_freq.ndim == 1:
+    angle = jnp.expand_dims(pos[..., None] * inv_freq, head_axis)
+  else:
+    angle = pos[..., None, None] * inv_freq  # [B, T, N, H/2]
+    angle = angle.swapaxes(1, 2) if heads_major else angle
+  sin, cos = jnp.sin(angle), jnp.cos(angle)
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos_BT1H2 - x2 * sin_BT1H2, x2 * cos_BT1H2 + x1 * sin_BT1H2], -1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
   return out.astype(x_BTNH.dtype)
 
 

@@ -29,6 +29,11 @@ class LMConfig:
   def __post_init__(self):
     check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers"),
                  non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES)})
+    layers = self.attention.mla_rope_pairs.count("|") + 1
+    if self.attention.kind == "mla" and layers not in (1, self.num_layers):
+      raise ValueError(f"model.attention.mla_rope_pairs has {layers} '|'-separated layers: "
+                       f"give one group for all layers or one per layer "
+                       f"(num_layers={self.num_layers})")
 
 
 class Mlp(nn.Module):
@@ -45,11 +50,13 @@ class Block(nn.Module):
   """x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x)) unless mlp_dim is 0."""
 
   cfg: LMConfig
+  layer: int = 0  # index in the stack (a converted MLA's RoPE pairs differ per layer).
 
   @nn.compact
   def __call__(self, x_BTD, pos_BT, mask_BTS, decode):
     dtype = DTYPES[self.cfg.dtype]
-    attn = make_attention(self.cfg.attention, self.cfg.d_model, dtype, name="attn")
+    attn = make_attention(self.cfg.attention.for_layer(self.layer), self.cfg.d_model, dtype,
+                          name="attn")
     h_BTD = projection.RMSNorm(dtype=dtype, name="attn_norm")(x_BTD)
     x_BTD = x_BTD + attn(h_BTD, pos_BT=pos_BT, mask_BTS=mask_BTS, decode=decode)
     if not self.cfg.mlp_dim:
@@ -95,7 +102,7 @@ class TransformerLM(nn.Module):
                      embedding_init=nn.initializers.normal(0.02))
     x_BTD = embed(tokens_BT)
     for i in range(cfg.num_layers):
-      x_BTD = Block(cfg, name=f"block_{i}")(x_BTD, pos_BT, mask_BTS, decode)
+      x_BTD = Block(cfg, i, name=f"block_{i}")(x_BTD, pos_BT, mask_BTS, decode)
     if positions_BP is not None:
       x_BTD = jnp.take_along_axis(x_BTD, positions_BP[..., None], axis=1)
       t = positions_BP.shape[1]

@@ -202,10 +202,11 @@ def cross_attention_maps(model: Perceiver, params, images_BHWC, use_position_fea
   if attn_cfg.kind == "mla":  # No RoPE here (pos_BT=None): keys are [W_UK c_KV ; k_R].
     q_BTNH = captured["q_up" if attn_cfg.q_lora_rank else "query"]
     w_uk_CNH = params[prefix[0]][prefix[1]][prefix[2]]["k_up"]
-    k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", captured["kv_norm"], w_uk_CNH)
-    k_rope_BSR = captured["k_rope"]
-    k_rope_BSNR = jnp.broadcast_to(k_rope_BSR[:, :, None],
-                                   (*k_nope_BSNH.shape[:3], k_rope_BSR.shape[-1]))
+    ckv_BSC = captured["kv_norm" if attn_cfg.mla_kv_norm else "kv_down"]
+    k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", ckv_BSC, w_uk_CNH)
+    k_rope_BSKR = captured["k_rope"].reshape(*ckv_BSC.shape[:2], attn_cfg.mla_rope_heads, -1)
+    k_rope_BSNR = jnp.repeat(k_rope_BSKR, k_nope_BSNH.shape[2] // attn_cfg.mla_rope_heads,
+                             axis=2)
     k_BSKH = jnp.concatenate([k_nope_BSNH, k_rope_BSNR], axis=-1)
   elif attn_cfg.kind in ("mha", "gqa", "mqa"):
     q_BTNH, k_BSKH = captured["query"], captured["key"]

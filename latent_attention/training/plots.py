@@ -157,3 +157,28 @@ def perplexity_vs_context(rows, path: str) -> None:
          title="Perplexity past the training context")
   ax.legend(fontsize=8)
   fig.savefig(path, dpi=DPI)
+
+
+def perplexity_vs_cache_by_method(rows, path: str) -> None:
+  """Perplexity vs KV-cache bytes per token (log x), one line per method through its points
+  (labelled d_c/d_R); the first row, the original model, as a star and a dotted level."""
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.subplots()
+  original = rows[0]
+  ax.axhline(original["perplexity"], color="grey", linestyle=":", linewidth=1)
+  ax.plot(original["kv_bytes_per_token"], original["perplexity"], "k*", markersize=12,
+          label=original["method"])
+  for i, method in enumerate(dict.fromkeys(r["method"] for r in rows[1:])):
+    got = sorted((r["kv_bytes_per_token"], r["perplexity"], r["kv_lora_rank"], r["rope_dims"])
+                 for r in rows[1:] if r["method"] == method)
+    ax.plot([g[0] for g in got], [g[1] for g in got], "-o", color=f"C{i}", label=method)
+    for x, y, c, r in got:
+      ax.annotate(f"{c}/{r}", (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7,
+                  color=f"C{i}")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set(xlabel="KV-cache bytes per token (all layers); labels: d_c/d_R",
+         ylabel="perplexity (eval split, log)", title="Converting MHA to MLA vs training MLA")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=DPI)
