@@ -79,6 +79,8 @@ LM_VARIANTS = [
     ("mla", {"mla_decode_mode": "absorbed", "q_lora_rank": 24}),
     # A converted model's layout: a RoPE key per kv group, chosen pairs, no latent norm.
     ("mla", {"mla_rope_heads": 2, "mla_rope_pairs": "0,3;1,2", "mla_kv_norm": False}),
+    ("gla", {"gla_latent_heads": 2}),
+    ("gta", {"num_kv_heads": 2}),
     ("lowrank_gated", {}),
     ("lowrank_gated", {"lowrank_combine": "sum"}),
     ("head_gated", {"head_gated_top_k": 2}),

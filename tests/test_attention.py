@@ -25,6 +25,7 @@ def _attention(cfg_section, d_model=32):
 # after attention, not in which positions it reads.
 FORWARD_VARIANTS = [("mha", {}), ("gqa", {"num_kv_heads": 2}), ("mqa", {}),
                     ("mla", {"mla_decode_mode": "absorbed", "q_lora_rank": 24}),
+                    ("gla", {"gla_latent_heads": 2}), ("gta", {"num_kv_heads": 2}),
                     ("lowrank_gated", {}), ("head_gated", {"head_gated_top_k": 2})]
 
 
@@ -166,6 +167,14 @@ def test_rope_is_relative(scaling):
     ({"kind": "mla", "mla_rope_pairs": "0,1|1,2|2,3"},
      "model.attention.mla_rope_pairs has 3 '|'-separated layers: give one group for all layers "
      "or one per layer (num_layers=2)"),
+    ({"kind": "gla", "gla_latent_heads": 3},
+     "model.attention.gla_latent_heads=3 is invalid: must divide num_heads=4"),
+    ({"kind": "gla", "kv_lora_rank": 24},
+     "model.attention.kv_lora_rank=24 is invalid: must be <= model.d_model=32 / "
+     "gla_latent_heads=2"),
+    ({"kind": "gta", "qk_rope_head_dim": 8},
+     "model.attention.qk_rope_head_dim=8 is invalid: gta needs an even RoPE width below "
+     "head_dim=8"),
     ({"num_heads": 0}, "model.attention.num_heads=0 is invalid: must be a positive integer"),
     ({"implementation": "flash"}, "model.attention.implementation='flash' is invalid"),
 ])

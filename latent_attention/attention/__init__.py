@@ -17,6 +17,7 @@ and a static `cache_elements_per_token(cfg)`: the analytic decode cache size of 
 
 from latent_attention.attention.config import KINDS, AttentionConfig, check_width
 from latent_attention.attention.gqa import GroupedQueryAttention
+from latent_attention.attention.gta import GroupedTiedAttention
 from latent_attention.attention.head_gated import HeadGatedAttention
 from latent_attention.attention.lowrank_gated import LowRankGatedAttention
 from latent_attention.attention.mla import MultiHeadLatentAttention
@@ -26,6 +27,8 @@ _MODULES = {
     "gqa": GroupedQueryAttention,
     "mqa": GroupedQueryAttention,
     "mla": MultiHeadLatentAttention,
+    "gla": MultiHeadLatentAttention,
+    "gta": GroupedTiedAttention,
     "lowrank_gated": LowRankGatedAttention,
     "head_gated": HeadGatedAttention,
 }

@@ -24,6 +24,19 @@ def heads_major(**chunks_BTKH):
   return dict(seq_axis=2, **{name: c.transpose(0, 2, 1, 3) for name, c in chunks_BTKH.items()})
 
 
+def update_heads(module: nn.Module, pos_BT: jax.Array, **chunks_BSKX):
+  """`update` for chunks [B, T, K_i, X] of any head counts, each kept in the layout
+  `core.cached_attention` reads: [B, S, X] when K_i = 1, heads-major [B, K_i, S, X] otherwise
+  (e.g. GTA's tied kv heads beside its one RoPE key). Same return value as `update`."""
+  one = {name: c[:, :, 0] for name, c in chunks_BSKX.items() if c.shape[2] == 1}
+  many = {name: c.transpose(0, 2, 1, 3) for name, c in chunks_BSKX.items() if c.shape[2] > 1}
+  results = [update(module, pos_BT, seq_axis=axis, **chunks)
+             for axis, chunks in ((1, one), (2, many)) if chunks]
+  if not all(results):
+    return None
+  return {name: buf for r in results for name, buf in r[0].items()}, results[0][1]
+
+
 def update(module: nn.Module, pos_BT: jax.Array, *, seq_axis: int = 1, **chunks):
   """Writes each `name=array` chunk into `module`'s cache at position pos_BT[0, 0].
 

@@ -9,7 +9,8 @@ import dataclasses
 
 from latent_attention.attention.rope import ROPE_SCALINGS
 
-KINDS = ("mha", "gqa", "mqa", "mla", "lowrank_gated", "head_gated")
+KINDS = ("mha", "gqa", "mqa", "mla", "gla", "gta", "lowrank_gated", "head_gated")
+LATENT_KINDS = ("mla", "gla")  # MultiHeadLatentAttention: the MLA fields below apply.
 MLA_DECODE_MODES = ("naive", "latent", "absorbed")
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum")
 LOWRANK_COMBINES = ("concat", "sum")
@@ -22,8 +23,8 @@ class AttentionConfig:
 
   kind: str = "mha"  # one of KINDS.
   num_heads: int = 4  # N, query heads.
-  num_kv_heads: int = 4  # K, key/value heads (gqa); mha forces K=N, mqa forces K=1.
-  head_dim: int = 32  # H for mha/gqa/mqa/lowrank_gated/head_gated.
+  num_kv_heads: int = 4  # K, key/value heads (gqa, gta); mha forces K=N, mqa forces K=1.
+  head_dim: int = 32  # H for mha/gqa/mqa/gta/lowrank_gated/head_gated.
   rope_theta: float = 10_000.0  # RoPE base frequency.
   # YaRN context extension (docs/design.md, 3.1), for every kind's RoPE; none = plain RoPE.
   rope_scaling: str = "none"  # none|yarn.
@@ -35,9 +36,9 @@ class AttentionConfig:
   implementation: str = "auto"  # sdpa backend: auto|xla|cudnn|einsum (auto: cudnn on GPU).
   # MLA (DeepSeek-V2 section 2.1).
   q_lora_rank: int = 0  # d_c', query compression rank; 0 = plain W_Q projection.
-  kv_lora_rank: int = 32  # d_c, joint KV compression rank (the cached latent).
+  kv_lora_rank: int = 32  # d_c, joint KV compression rank (the cached latent; per gla head).
   qk_nope_head_dim: int = 32  # d_nope, per-head non-RoPE part of q and k (0: all RoPE).
-  qk_rope_head_dim: int = 16  # d_R, width of each decoupled RoPE key.
+  qk_rope_head_dim: int = 16  # d_R, width of each decoupled RoPE key (mla, gla, gta).
   mla_rope_heads: int = 1  # K_R, RoPE keys: 1 = DeepSeek's shared key; K = one per kv group.
   # The d_R/2 pairs j kept of a head_dim-wide RoPE (frequency θ^(-2j/head_dim)) per RoPE key
   # (';'-separated) and per layer ('|', or one group for all), as a converted model keeps them
@@ -46,6 +47,8 @@ class AttentionConfig:
   mla_kv_norm: bool = True  # RMSNorm on c_KV (DeepSeek); converted models have none.
   v_head_dim: int = 32  # d_v, per-head value dim.
   mla_decode_mode: str = "absorbed"  # naive|latent|absorbed: what the decode cache holds.
+  # GLA (grouped latent attention, arXiv 2505.21487): MLA with G latent heads of d_c each.
+  gla_latent_heads: int = 2  # G = h_c; must divide num_heads (G = 1 is MLA).
   # lowrank_gated (low-rank gated heads, docs/design.md).
   lowrank_rank: int = 8  # r, per-head rank of K and V.
   lowrank_combine: str = "concat"  # concat: gate-weight heads then concat; sum: seed's sum.
@@ -63,6 +66,11 @@ class AttentionConfig:
     """The config of layer i: its own group of `mla_rope_pairs` when they are per layer."""
     layers = self.mla_rope_pairs.split("|")
     return self if len(layers) == 1 else dataclasses.replace(self, mla_rope_pairs=layers[i])
+
+  @property
+  def latent_heads(self) -> int:
+    """G, the latent heads of an MLA-family kind (gla: gla_latent_heads; mla: 1)."""
+    return self.gla_latent_heads if self.kind == "gla" else 1
 
   @property
   def kv_heads(self) -> int:
@@ -88,7 +96,7 @@ def validate(cfg: AttentionConfig) -> None:
   if cfg.implementation not in IMPLEMENTATIONS:
     _fail("implementation", cfg.implementation, f"choose one of {', '.join(IMPLEMENTATIONS)}")
   _positive(cfg, "num_heads", "num_kv_heads", "head_dim")
-  if cfg.kind == "gqa" and cfg.num_heads % cfg.num_kv_heads:
+  if cfg.kind in ("gqa", "gta") and cfg.num_heads % cfg.num_kv_heads:
     _fail("num_kv_heads", cfg.num_kv_heads,
           f"must divide num_heads={cfg.num_heads}")
   if cfg.head_dim % 2:
@@ -108,7 +116,16 @@ def validate(cfg: AttentionConfig) -> None:
             f"must be > 0 and < rope_beta_fast={cfg.rope_beta_fast}")
     if cfg.rope_mscale < 0:
       _fail("rope_mscale", cfg.rope_mscale, "must be >= 0")
-  if cfg.kind == "mla":
+  if cfg.kind == "gta":
+    _positive(cfg, "qk_rope_head_dim")
+    if cfg.qk_rope_head_dim % 2 or cfg.qk_rope_head_dim >= cfg.head_dim:
+      _fail("qk_rope_head_dim", cfg.qk_rope_head_dim,
+            f"gta needs an even RoPE width below head_dim={cfg.head_dim} (H/2 in the paper)")
+  if cfg.kind == "gla":
+    _positive(cfg, "gla_latent_heads")
+    if cfg.num_heads % cfg.gla_latent_heads:
+      _fail("gla_latent_heads", cfg.gla_latent_heads, f"must divide num_heads={cfg.num_heads}")
+  if cfg.kind in LATENT_KINDS:
     _positive(cfg, "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "mla_rope_heads")
     if not isinstance(cfg.qk_nope_head_dim, int) or cfg.qk_nope_head_dim < 0:
       _fail("qk_nope_head_dim", cfg.qk_nope_head_dim, "must be an integer >= 0")
@@ -160,9 +177,11 @@ def rope_pairs(cfg: AttentionConfig) -> list[list[list[int]]]:
 
 def check_width(cfg: AttentionConfig, d_model: int) -> None:
   """Rank checks that need the model width."""
-  if cfg.kind == "mla":
-    if cfg.kv_lora_rank > d_model:
-      _fail("kv_lora_rank", cfg.kv_lora_rank, f"must be <= model.d_model={d_model}")
+  if cfg.kind in LATENT_KINDS:
+    if cfg.latent_heads * cfg.kv_lora_rank > d_model:
+      _fail("kv_lora_rank", cfg.kv_lora_rank,
+            f"must be <= model.d_model={d_model}" + (
+                f" / gla_latent_heads={cfg.latent_heads}" if cfg.kind == "gla" else ""))
     if cfg.q_lora_rank > d_model:
       _fail("q_lora_rank", cfg.q_lora_rank, f"must be <= model.d_model={d_model}")
   if cfg.kind == "lowrank_gated" and cfg.lowrank_rank > cfg.head_dim:

@@ -5,8 +5,12 @@ and position enters through a decoupled RoPE key k_R = RoPE(W_KR h) that ONE hea
 all query heads. The cache therefore needs only c_KV and k_R: d_c + d_R elements per token per
 layer. `mla_rope_heads` = K_R > 1 gives each group of N / K_R query heads its own RoPE key, as
 MHA2MLA (arXiv 2502.14837) keeps one per kv head of a converted GQA model, with the frequency
-pairs it kept (`mla_rope_pairs`): d_c + K_R·d_R. Decode modes (`mla_decode_mode`), equal in
-exact arithmetic:
+pairs it kept (`mla_rope_pairs`): d_c + K_R·d_R.
+
+Kind `gla` is grouped latent attention (Zadouri, Strauss & Dao 2025, arXiv 2505.21487): G =
+`gla_latent_heads` latents of d_c each (own RMSNorm statistics and scales), query head n reading
+latent n // (N / G), so the cache is G·d_c + d_R and each decode step reads a shard per group;
+G = 1 is MLA. Decode modes (`mla_decode_mode`), equal in exact arithmetic:
 
   naive     caches the expanded per-head K and V (what MHA would cache), for reference;
   latent    caches c_KV and k_R and re-expands K and V over the whole cache every step;
@@ -45,7 +49,7 @@ class MultiHeadLatentAttention(nn.Module):
   def cache_elements_per_token(cfg: AttentionConfig) -> int:
     if cfg.mla_decode_mode == "naive":
       return cfg.num_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
-    return cfg.kv_lora_rank + cfg.mla_rope_heads * cfg.qk_rope_head_dim
+    return cfg.latent_heads * cfg.kv_lora_rank + cfg.mla_rope_heads * cfg.qk_rope_head_dim
 
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
@@ -54,7 +58,7 @@ class MultiHeadLatentAttention(nn.Module):
     cfg = self.cfg
     dense = functools.partial(projection.dense, dtype=self.dtype)
     n, c, r = cfg.num_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
-    nope, dv = cfg.qk_nope_head_dim, cfg.v_head_dim
+    nope, dv, g = cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.latent_heads
     self_attn = kv_BSD is None
     kv_BSD = x_BTD if self_attn else kv_BSD
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
@@ -68,9 +72,10 @@ class MultiHeadLatentAttention(nn.Module):
     else:
       q_BTNH = dense(x_BTD, (n, nope + r), name="query")
     q_nope_BTNH, q_rope_BTNR = q_BTNH[..., :nope], q_BTNH[..., nope:]
-    ckv_BSC = dense(kv_BSD, c, name="kv_down")
+    ckv_BSL = dense(kv_BSD, g * c, name="kv_down")  # L = G·d_c: G latent heads (GLA) of d_c.
     if cfg.mla_kv_norm:
-      ckv_BSC = projection.RMSNorm(dtype=self.dtype, name="kv_norm")(ckv_BSC)
+      ckv_BSL = projection.RMSNorm(dtype=self.dtype, groups=g, name="kv_norm")(ckv_BSL)
+    ckv_BSGC = ckv_BSL.reshape(*ckv_BSL.shape[:2], g, c)
     kr = cfg.mla_rope_heads
     # [B, S, K_R, d_R]; the kernel stays [D, d_R] with one RoPE key (DeepSeek's checkpoints).
     k_rope_BSKR = dense(kv_BSD, (kr, r) if kr > 1 else r, name="k_rope").reshape(
@@ -81,20 +86,20 @@ class MultiHeadLatentAttention(nn.Module):
                                if inv_freq.ndim == 2 else inv_freq)
       k_rope_BSKR = apply_rope(k_rope_BSKR, kv_pos_BS, inv_freq)
     # d_nope = 0 (every key dim rotated, e.g. a converted model keeping all RoPE pairs): no W_UK.
+    # Query head n reads latent head n // (N / G) through its own slice W_UK[:, n].
     w_uk_CNH = (self.param("k_up", _init, (c, n, nope)).astype(self.dtype) if nope
                 else jnp.zeros((c, n, 0), self.dtype))
     w_uv_CNH = self.param("v_up", _init, (c, n, dv)).astype(self.dtype)
     scale = softmax_scale(nope + r, cfg)
     q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
 
-    if not decode or not (cached := self._cache(pos_BT, ckv_BSC, k_rope_BSKR, w_uk_CNH,
+    if not decode or not (cached := self._cache(pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH,
                                                 w_uv_CNH)):
-      k_nope_BSNH = projection.apply_kernel(ckv_BSC, w_uk_CNH)
       k_rope_BSNR = _per_query_head(k_rope_BSKR, n, axis=2)
       out_BTNH = dot_product_attention(
-          q_BTNH, jnp.concatenate([k_nope_BSNH, k_rope_BSNR], axis=-1),
-          projection.apply_kernel(ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS,
-          is_causal=is_causal, scale=scale, implementation=cfg.implementation)
+          q_BTNH, jnp.concatenate([_expand(ckv_BSGC, w_uk_CNH), k_rope_BSNR], axis=-1),
+          _expand(ckv_BSGC, w_uv_CNH), mask_BTS=mask_BTS, is_causal=is_causal, scale=scale,
+          implementation=cfg.implementation)
       return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
     buffers, mask_BTS = cached
     t = x_BTD.shape[1]
@@ -102,35 +107,48 @@ class MultiHeadLatentAttention(nn.Module):
       out_BTNH = cached_attention((q_BTNH,), (buffers["cached_key"],), buffers["cached_value"],
                                   mask_BTS=mask_BTS, scale=scale)
     elif cfg.mla_decode_mode == "absorbed" and absorb_is_cheaper(cfg, t):
+      # Scores and the weighted sum against each query head's latent head, [B, (G,) S, d_c].
       q_abs_BTNC = jnp.einsum("BTNH,CNH->BTNC", q_nope_BTNH, w_uk_CNH)
-      ckv_BSC = buffers["cached_ckv"]
-      o_BTNC = cached_attention((q_abs_BTNC, q_rope_BTNR), (ckv_BSC, buffers["cached_k_rope"]),
-                                ckv_BSC, mask_BTS=mask_BTS, scale=scale)
+      ckv = buffers["cached_ckv"]
+      o_BTNC = cached_attention((q_abs_BTNC, q_rope_BTNR), (ckv, buffers["cached_k_rope"]),
+                                ckv, mask_BTS=mask_BTS, scale=scale)
       out_BTNH = jnp.einsum("BTNC,CNH->BTNH", o_BTNC, w_uv_CNH)
     else:  # latent, or a chunk long enough that expanding K and V is cheaper (a prefill).
-      ckv_BSC = buffers["cached_ckv"]
+      ckv = buffers["cached_ckv"]
       out_BTNH = cached_attention(
           (q_nope_BTNH, q_rope_BTNR),
-          (jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uk_CNH), buffers["cached_k_rope"]),
-          jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uv_CNH), mask_BTS=mask_BTS, scale=scale)
+          (_expand_cached(ckv, w_uk_CNH), buffers["cached_k_rope"]),
+          _expand_cached(ckv, w_uv_CNH), mask_BTS=mask_BTS, scale=scale)
     return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
 
-  def _cache(self, pos_BT, ckv_BSC, k_rope_BSKR, w_uk_CNH, w_uv_CNH):
-    """Writes this chunk into the cache (see `cache.update`); naive mode caches expanded heads.
-
-    The RoPE keys are [B, S, d_R] with one head, heads-major [B, K_R, S, d_R] with several."""
+  def _cache(self, pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH):
+    """Writes this chunk into the cache (see `cache.update_heads`: a single latent or RoPE key
+    is [B, S, X], several heads-major [B, G|K_R, S, X]); naive mode caches expanded heads."""
     if self.cfg.mla_decode_mode != "naive":
-      if k_rope_BSKR.shape[2] == 1:
-        return cache.update(self, pos_BT, cached_ckv=ckv_BSC, cached_k_rope=k_rope_BSKR[:, :, 0])
-      rope = cache.update(self, pos_BT, **cache.heads_major(cached_k_rope=k_rope_BSKR))
-      latent = cache.update(self, pos_BT, cached_ckv=ckv_BSC)
-      return rope and latent and ({**rope[0], **latent[0]}, latent[1])
-    n = self.cfg.num_heads
-    k_nope_BNSH = jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uk_CNH)
-    k_rope_BNSR = _per_query_head(k_rope_BSKR, n, axis=2).transpose(0, 2, 1, 3)
-    return cache.update(self, pos_BT, seq_axis=2,
-                        cached_key=jnp.concatenate([k_nope_BNSH, k_rope_BNSR], axis=-1),
-                        cached_value=jnp.einsum("BSC,CNH->BNSH", ckv_BSC, w_uv_CNH))
+      return cache.update_heads(self, pos_BT, cached_ckv=ckv_BSGC, cached_k_rope=k_rope_BSKR)
+    k_rope_BSNR = _per_query_head(k_rope_BSKR, self.cfg.num_heads, axis=2)
+    key_BSNH = jnp.concatenate([_expand(ckv_BSGC, w_uk_CNH), k_rope_BSNR], axis=-1)
+    return cache.update(self, pos_BT, seq_axis=2, cached_key=key_BSNH.transpose(0, 2, 1, 3),
+                        cached_value=_expand(ckv_BSGC, w_uv_CNH).transpose(0, 2, 1, 3))
+
+
+def _expand(ckv_BSGC, w_CNH):
+  """Per-head keys or values [B, S, N, H] from G latent heads: head n reads n // (N / G)."""
+  b, s, g, c = ckv_BSGC.shape
+  if g == 1:  # One 2-D GEMM: XLA:CPU's fastest form (projection.apply_kernel).
+    return projection.apply_kernel(ckv_BSGC[:, :, 0], w_CNH)
+  _, n, h = w_CNH.shape
+  return jnp.einsum("BSGC,CGMH->BSGMH", ckv_BSGC,
+                    w_CNH.reshape(c, g, n // g, h)).reshape(b, s, n, h)
+
+
+def _expand_cached(ckv, w_CNH):
+  """`_expand` of a cache buffer ([B, S, d_c], or [B, G, S, d_c]), heads-major [B, N, S, H]."""
+  if ckv.ndim == 3:
+    return jnp.einsum("BSC,CNH->BNSH", ckv, w_CNH)
+  b, g, s, c = ckv.shape
+  _, n, h = w_CNH.shape
+  return jnp.einsum("BGSC,CGMH->BGMSH", ckv, w_CNH.reshape(c, g, n // g, h)).reshape(b, n, s, h)
 
 
 def rope_frequencies(cfg: AttentionConfig) -> np.ndarray:

@@ -67,10 +67,13 @@ class RMSNorm(nn.Module):
 
   dtype: Any = None
   epsilon: float = 1e-6
+  groups: int = 1  # statistics per equal slice of the last axis (GLA's latent heads).
 
   @nn.compact
   def __call__(self, x):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
+    if self.groups > 1:
+      x32 = x32.reshape(*x.shape[:-1], self.groups, x.shape[-1] // self.groups)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
-    return (y * scale).astype(self.dtype or jnp.result_type(x, scale))
+    return (y.reshape(x.shape) * scale).astype(self.dtype or jnp.result_type(x, scale))

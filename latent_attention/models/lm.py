@@ -30,7 +30,7 @@ class LMConfig:
     check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers"),
                  non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES)})
     layers = self.attention.mla_rope_pairs.count("|") + 1
-    if self.attention.kind == "mla" and layers not in (1, self.num_layers):
+    if self.attention.kind in ("mla", "gla") and layers not in (1, self.num_layers):
       raise ValueError(f"model.attention.mla_rope_pairs has {layers} '|'-separated layers: "
                        f"give one group for all layers or one per layer "
                        f"(num_layers={self.num_layers})")

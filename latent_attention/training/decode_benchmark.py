@@ -33,12 +33,14 @@ VARIANTS = {
     "mla_naive": dict(kind="mla", mla_decode_mode="naive"),
     "mla_latent": dict(kind="mla", mla_decode_mode="latent"),
     "mla_absorbed": dict(kind="mla", mla_decode_mode="absorbed"),
+    "gla_absorbed": dict(kind="gla", mla_decode_mode="absorbed"),
+    "gta": dict(kind="gta"),
     "lowrank_gated": dict(kind="lowrank_gated"),
     "head_gated": dict(kind="head_gated"),
     "perceiver_ar": dict(kind="mha"),  # Perceiver AR over the same blocks, mha attention.
 }
-DEFAULT_VARIANTS = ("mha", "gqa", "mqa", "mla_latent", "mla_absorbed", "lowrank_gated",
-                    "perceiver_ar")
+DEFAULT_VARIANTS = ("mha", "gqa", "mqa", "mla_latent", "mla_absorbed", "gla_absorbed", "gta",
+                    "lowrank_gated", "perceiver_ar")
 
 
 def check_variants(names) -> None:
@@ -51,6 +53,9 @@ def variant_config(model_config, name: str, perceiver_latents: int):
   """The model dataclass of variant `name` built on `model_config` (an LM section)."""
   lm = parse_config(model_config)
   attention = dataclasses.replace(lm.attention, **VARIANTS[name])
+  if attention.kind == "gla":  # GLA-G splits MLA's latent into G heads (the paper's pairing).
+    attention = dataclasses.replace(
+        attention, kv_lora_rank=attention.kv_lora_rank // attention.gla_latent_heads)
   if name != "perceiver_ar":
     return dataclasses.replace(lm, attention=attention)
   return PerceiverARConfig(

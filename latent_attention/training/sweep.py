@@ -268,9 +268,12 @@ def _describe(name, config) -> dict:
   sizes = [f"M={model.num_latents}"] if "num_latents" in model else []
   if att is not None:
     n, h = att.num_heads, att.head_dim
-    if att.kind == "mla":
+    if att.kind in ("mla", "gla"):
       q = f", d_c'={att.q_lora_rank}" if att.q_lora_rank else ""
-      sizes.append(f"d_c/d_R={att.kv_lora_rank}/{att.qk_rope_head_dim}{q}")
+      g = f"G={att.gla_latent_heads}, " if att.kind == "gla" else ""
+      sizes.append(f"{g}d_c/d_R={att.kv_lora_rank}/{att.qk_rope_head_dim}{q}")
+    elif att.kind == "gta":
+      sizes.append(f"N/K/H={n}/{att.num_kv_heads}/{h}, d_R={att.qk_rope_head_dim}")
     elif att.kind == "lowrank_gated":
       sizes.append(f"N/r={n}/{att.lowrank_rank}")
     elif att.kind == "head_gated":
