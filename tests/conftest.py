@@ -81,6 +81,7 @@ LM_VARIANTS = [
     ("mla", {"mla_rope_heads": 2, "mla_rope_pairs": "0,3;1,2", "mla_kv_norm": False}),
     ("gla", {"gla_latent_heads": 2}),
     ("gta", {"num_kv_heads": 2}),
+    ("tpa", {}),
     ("lowrank_gated", {}),
     ("lowrank_gated", {"lowrank_combine": "sum"}),
     ("head_gated", {"head_gated_top_k": 2}),

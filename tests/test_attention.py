@@ -25,7 +25,7 @@ def _attention(cfg_section, d_model=32):
 # after attention, not in which positions it reads.
 FORWARD_VARIANTS = [("mha", {}), ("gqa", {"num_kv_heads": 2}), ("mqa", {}),
                     ("mla", {"mla_decode_mode": "absorbed", "q_lora_rank": 24}),
-                    ("gla", {"gla_latent_heads": 2}), ("gta", {"num_kv_heads": 2}),
+                    ("gla", {"gla_latent_heads": 2}), ("gta", {"num_kv_heads": 2}), ("tpa", {}),
                     ("lowrank_gated", {}), ("head_gated", {"head_gated_top_k": 2})]
 
 

@@ -1,7 +1,9 @@
-"""GTA and GLA (arXiv 2505.21487) against plain numpy layers that materialise every head's keys
-and values from the parameters; GLA with one latent head is MLA."""
+"""GTA, GLA (arXiv 2505.21487) and TPA (arXiv 2501.06425) against plain numpy layers that
+materialise every head's queries, keys and values from the parameters; GLA with one latent head
+is MLA; TPA decodes from its factors without forming K or V."""
 
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -84,6 +86,59 @@ def test_gla_equals_per_head_keys_and_values_from_each_groups_latent(latent_head
   # Projections over D, the norm over d_c, up-projections over d_c, scores over d_nope + d_R,
   # sum over T keys, output over N·d_v.
   assert_f32_close(out, expected, terms=2 * D + 2 * c + nope + r + T + n * 5)
+
+
+@pytest.mark.parametrize("ranks", [(6, 2, 2), (1, 3, 1)])
+def test_tpa_equals_queries_keys_values_materialised_from_factors(ranks):
+  rq, rk, rv = ranks
+  cfg = AttentionConfig(kind="tpa", num_heads=4, head_dim=6, tpa_q_rank=rq, tpa_k_rank=rk,
+                        tpa_v_rank=rv)
+  x, pos, p, out = _layer(cfg)
+  inv_freq = inv_frequencies(6, cfg)
+
+  def factors(name, rotate):
+    a = np.einsum("btd,drn->btrn", x, p[f"{name}_head"]["kernel"])
+    b = np.einsum("btd,drh->btrh", x, p[f"{name}_feature"]["kernel"])
+    if rotate:  # RoPE of each rank's feature factor (_rope rotates [B, T, heads, H]).
+      b = _rope(b, pos, inv_freq)
+    return np.einsum("btrn,btrh->btnh", a, b) / a.shape[2]  # the mean of R outer products.
+
+  o = _attend(factors("q", True), factors("k", True), factors("v", False), 6 ** -0.5)
+  expected = np.einsum("btnh,nhd->btd", o, p["out"]["kernel"])
+  # Factor projections over D, products over R (<= 6), scores over H, sum over T, out over N·H.
+  assert_f32_close(out, expected, terms=2 * D + 6 + 6 + T + 24)
+
+
+def _shapes(jaxpr):
+  """Shapes of every intermediate, inside nested jaxprs too."""
+  for eqn in jaxpr.eqns:
+    yield from (v.aval.shape for v in eqn.outvars)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, jex.ClosedJaxpr):
+          yield from _shapes(sub.jaxpr)
+        elif isinstance(sub, jex.Jaxpr):
+          yield from _shapes(sub)
+
+
+def test_tpa_decode_step_never_forms_keys_or_values():
+  """A one-token step over a 37-slot cache: no intermediate holds S x N x H numbers (N = 4,
+  H = 6, S = 37 are distinct sizes), while a full forward pass of 37 tokens does."""
+  cfg = tiny_lm_config("tpa", head_dim=6)
+  model = build_model(cfg)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  cache = init_cache(model, 1, 37)
+  step = jax.make_jaxpr(lambda p, c, tok: model.apply({"params": p, "cache": c}, tok,
+                                                      decode=True, mutable=["cache"]))(
+      params, cache, jnp.zeros((1, 1), jnp.int32))
+
+  def expanded(shape):
+    return 37 in shape and 4 in shape and 6 in shape
+
+  assert not any(expanded(s) for s in _shapes(step.jaxpr))
+  full = jax.make_jaxpr(lambda p, tok: model.apply({"params": p}, tok))(
+      params, jnp.zeros((1, 37), jnp.int32))
+  assert any(expanded(s) for s in _shapes(full.jaxpr))  # the check can see an expansion.
 
 
 def test_gla_with_one_latent_head_is_mla():

@@ -7,12 +7,12 @@ r"""Attention ablation on tiny_shakespeare: one LM with every attention kind, pa
 
 Runs: mha, gqa (2 KV heads), mqa, mla at three kv_lora_rank values (d_c), gla2 (GLA with two
 latent heads sharing the largest MLA's latent width), gta (2 tied KV heads, RoPE key H/2),
-lowrank_gated, head_gated and perceiver_ar. Sizes (the argument):
+tpa (ranks 6/2/2), lowrank_gated, head_gated and perceiver_ar. Sizes (the argument):
 
   (default) nanoGPT's CPU shakespeare_char recipe (lm_shakespeare.py:nanogpt_cpu): 4 layers,
             D=128, 4 heads of 32, T=64, batch 12, 2000 steps. On 2 CPU cores shared with other
             jobs the mha run took 4 min 21 s (training 3 min 51 s, of which 92 ms per step;
-            evaluation and benchmark 30 s), so the 11 runs take about 50 minutes.
+            evaluation and benchmark 30 s), so the 12 runs take about 55 minutes.
   large     for one GPU or TPU: nanoGPT's GPU shakespeare_char model (6 layers, D=384, 6 heads
             of 64, T=256, batch 64) in bfloat16, without dropout, so 2500 steps rather than
             5000 (not measured here).
@@ -42,6 +42,7 @@ RUNS = {
         # GLA-2 splits mla_c64's latent in two heads (arXiv 2505.21487); GTA ties gqa's K and V.
         "gla2_c32": (dict(kind="gla", gla_latent_heads=2, kv_lora_rank=32), 536),
         "gta": (dict(kind="gta", num_kv_heads=2), 600),
+        "tpa": (dict(kind="tpa"), 524),  # T6's ranks: R_Q = 6, R_K = R_V = 2.
         "lowrank_gated": (dict(kind="lowrank_gated", lowrank_rank=8), 604),
         "head_gated": (dict(kind="head_gated", head_gated_top_k=2), 510),
     },
@@ -54,6 +55,7 @@ RUNS = {
         "mla_c256": (dict(kind="mla", kv_lora_rank=256), 1424),
         "gla2_c64": (dict(kind="gla", gla_latent_heads=2, kv_lora_rank=64), 1680),
         "gta": (dict(kind="gta", num_kv_heads=2), 1840),
+        "tpa": (dict(kind="tpa"), 1762),
         "lowrank_gated": (dict(kind="lowrank_gated", lowrank_rank=16), 1818),
         "head_gated": (dict(kind="head_gated", head_gated_top_k=3), 1533),
     },

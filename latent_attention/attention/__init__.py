@@ -21,6 +21,7 @@ from latent_attention.attention.gta import GroupedTiedAttention
 from latent_attention.attention.head_gated import HeadGatedAttention
 from latent_attention.attention.lowrank_gated import LowRankGatedAttention
 from latent_attention.attention.mla import MultiHeadLatentAttention
+from latent_attention.attention.tpa import TensorProductAttention
 
 _MODULES = {
     "mha": GroupedQueryAttention,
@@ -29,6 +30,7 @@ _MODULES = {
     "mla": MultiHeadLatentAttention,
     "gla": MultiHeadLatentAttention,
     "gta": GroupedTiedAttention,
+    "tpa": TensorProductAttention,
     "lowrank_gated": LowRankGatedAttention,
     "head_gated": HeadGatedAttention,
 }

@@ -9,7 +9,7 @@ import dataclasses
 
 from latent_attention.attention.rope import ROPE_SCALINGS
 
-KINDS = ("mha", "gqa", "mqa", "mla", "gla", "gta", "lowrank_gated", "head_gated")
+KINDS = ("mha", "gqa", "mqa", "mla", "gla", "gta", "tpa", "lowrank_gated", "head_gated")
 LATENT_KINDS = ("mla", "gla")  # MultiHeadLatentAttention: the MLA fields below apply.
 MLA_DECODE_MODES = ("naive", "latent", "absorbed")
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum")
@@ -24,7 +24,7 @@ class AttentionConfig:
   kind: str = "mha"  # one of KINDS.
   num_heads: int = 4  # N, query heads.
   num_kv_heads: int = 4  # K, key/value heads (gqa, gta); mha forces K=N, mqa forces K=1.
-  head_dim: int = 32  # H for mha/gqa/mqa/gta/lowrank_gated/head_gated.
+  head_dim: int = 32  # H for mha/gqa/mqa/gta/tpa/lowrank_gated/head_gated.
   rope_theta: float = 10_000.0  # RoPE base frequency.
   # YaRN context extension (docs/design.md, 3.1), for every kind's RoPE; none = plain RoPE.
   rope_scaling: str = "none"  # none|yarn.
@@ -49,6 +49,10 @@ class AttentionConfig:
   mla_decode_mode: str = "absorbed"  # naive|latent|absorbed: what the decode cache holds.
   # GLA (grouped latent attention, arXiv 2505.21487): MLA with G latent heads of d_c each.
   gla_latent_heads: int = 2  # G = h_c; must divide num_heads (G = 1 is MLA).
+  # TPA (tensor product attention, arXiv 2501.06425): ranks of the Q, K, V factorisations.
+  tpa_q_rank: int = 6  # R_Q (T6's default).
+  tpa_k_rank: int = 2  # R_K: cached key factors.
+  tpa_v_rank: int = 2  # R_V: cached value factors.
   # lowrank_gated (low-rank gated heads, docs/design.md).
   lowrank_rank: int = 8  # r, per-head rank of K and V.
   lowrank_combine: str = "concat"  # concat: gate-weight heads then concat; sum: seed's sum.
@@ -121,6 +125,8 @@ def validate(cfg: AttentionConfig) -> None:
     if cfg.qk_rope_head_dim % 2 or cfg.qk_rope_head_dim >= cfg.head_dim:
       _fail("qk_rope_head_dim", cfg.qk_rope_head_dim,
             f"gta needs an even RoPE width below head_dim={cfg.head_dim} (H/2 in the paper)")
+  if cfg.kind == "tpa":
+    _positive(cfg, "tpa_q_rank", "tpa_k_rank", "tpa_v_rank")
   if cfg.kind == "gla":
     _positive(cfg, "gla_latent_heads")
     if cfg.num_heads % cfg.gla_latent_heads:

@@ -123,7 +123,9 @@ def cached_attention(q_parts, k_parts, v_BKSH, *, mask_BTS, scale, logits_BNTS=N
     k_parts: keys [B, K_i, S, H_i] with K_i dividing N, or [B, S, H_i] for one head shared by
       all queries. The logits are the sum over parts of q_i · k_i, so a key kept as two cache
       buffers (MLA's latent and its RoPE key) is never concatenated or broadcast.
-    v_BKSH: values [B, K, S, H_v], or [B, S, H_v] (K = 1).
+    v_BKSH: values [B, K, S, H_v], or [B, S, H_v] (K = 1); or a function of the unnormalised
+      probabilities p_BNTS (float32) giving their weighted sum out_BTNH, linear in p: values the
+      caller contracts its own way (TPA's factors, never expanded). The core normalises.
     mask_BTS: True where query t may see cache slot s.
     scale: logit scale.
     logits_BNTS: optional unscaled logits added to the parts' (a key the caller contracts its
@@ -132,7 +134,7 @@ def cached_attention(q_parts, k_parts, v_BKSH, *, mask_BTS, scale, logits_BNTS=N
     out_BTNH with the value head dim.
   """
   b, t, n = q_parts[0].shape[:3] if q_parts else logits_BNTS.transpose(0, 2, 1, 3).shape[:3]
-  num_kv = 1 if v_BKSH.ndim == 3 else v_BKSH.shape[1]
+  num_kv = 1 if callable(v_BKSH) or v_BKSH.ndim == 3 else v_BKSH.shape[1]
   g = n // num_kv
 
   def logits(q_BTNH, k_BKSH):  # -> [B, K, T, G, S] in the values' grouping.
@@ -164,6 +166,8 @@ def cached_attention(q_parts, k_parts, v_BKSH, *, mask_BTS, scale, logits_BNTS=N
     # Softmax normalised after the weighted sum: one pass fewer over the [.., S] scores.
     p_BKTGS = jnp.exp(logits_BKTGS - jax.lax.stop_gradient(
         logits_BKTGS.max(axis=-1, keepdims=True)))
+    if callable(v_BKSH):  # one kv "head" (num_kv = 1): [B, 1, T, N, S].
+      return v_BKSH(p_BKTGS[:, 0].transpose(0, 2, 1, 3)) / p_BKTGS[:, 0].sum(axis=-1)[..., None]
     p_BKQS = p_BKTGS.astype(v_BKSH.dtype).reshape(b, num_kv, tq * g, -1)
     if v_BKSH.ndim == 3:
       out_BKQH = jnp.einsum("BQS,BSH->BQH", p_BKQS[:, 0], v_BKSH,

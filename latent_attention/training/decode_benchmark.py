@@ -35,12 +35,13 @@ VARIANTS = {
     "mla_absorbed": dict(kind="mla", mla_decode_mode="absorbed"),
     "gla_absorbed": dict(kind="gla", mla_decode_mode="absorbed"),
     "gta": dict(kind="gta"),
+    "tpa": dict(kind="tpa"),
     "lowrank_gated": dict(kind="lowrank_gated"),
     "head_gated": dict(kind="head_gated"),
     "perceiver_ar": dict(kind="mha"),  # Perceiver AR over the same blocks, mha attention.
 }
 DEFAULT_VARIANTS = ("mha", "gqa", "mqa", "mla_latent", "mla_absorbed", "gla_absorbed", "gta",
-                    "lowrank_gated", "perceiver_ar")
+                    "tpa", "lowrank_gated", "perceiver_ar")
 
 
 def check_variants(names) -> None:

@@ -272,6 +272,9 @@ def _describe(name, config) -> dict:
       q = f", d_c'={att.q_lora_rank}" if att.q_lora_rank else ""
       g = f"G={att.gla_latent_heads}, " if att.kind == "gla" else ""
       sizes.append(f"{g}d_c/d_R={att.kv_lora_rank}/{att.qk_rope_head_dim}{q}")
+    elif att.kind == "tpa":
+      sizes.append(f"N/H={n}/{h}, R_Q/R_K/R_V={att.tpa_q_rank}/{att.tpa_k_rank}/"
+                   f"{att.tpa_v_rank}")
     elif att.kind == "gta":
       sizes.append(f"N/K/H={n}/{att.num_kv_heads}/{h}, d_R={att.qk_rope_head_dim}")
     elif att.kind == "lowrank_gated":
