@@ -196,6 +196,16 @@ def test_bad_model_config_errors():
   cfg["attention"]["num_kv_head"] = 2
   with pytest.raises(ValueError, match="model.attention.num_kv_head is not a field"):
     build_model(cfg)
+  cfg = tiny_lm_config("lowrank_gated")
+  cfg.kv_share_every = 2
+  with pytest.raises(ValueError, match="model.kv_share_every=2 is invalid with attention.kind="
+                                       "'lowrank_gated': layers share keys and values for mha"):
+    build_model(cfg)
+  cfg = tiny_lm_config("mla", mla_decode_mode="naive")
+  cfg.kv_share_every = 2
+  with pytest.raises(ValueError, match="kv_share_every=2 is invalid with attention.mla_decode_"
+                                       "mode='naive'"):
+    build_model(cfg)
   cfg = tiny_lm_config()
   cfg.name = "rnn"
   with pytest.raises(ValueError, match="model.name='rnn' is invalid: choose one of"):

@@ -164,3 +164,45 @@ def test_gla_paper_sized_cache_per_token():
   shapes = jax.eval_shape(lambda: init_cache(build_model(cfg), b, t))
   assert kv_cache_bytes(shapes) // (b * t * 4) == 13_824
   assert kv_cache_formula_bytes(cfg, t, b) == 13_824 * b * t * 4
+
+
+def _numpy_lm(p, tokens, cfg, share_every):
+  """A pre-norm mha LM in numpy (RMSNorm, RoPE, causal attention, tanh-GELU MLP, tied head)
+  in which layer i attends to the keys and values of layer i - i % share_every (CLA)."""
+  def norm(x, scale):
+    return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6) * scale
+
+  inv_freq = inv_frequencies(cfg.attention.head_dim, cfg.attention)
+  pos = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape).astype(np.float64)
+  x = p["embed"]["embedding"][tokens]
+  for i in range(cfg.num_layers):
+    b = p[f"block_{i}"]
+    h = norm(x, b["attn_norm"]["scale"])
+    q = _rope(np.einsum("btd,dnh->btnh", h, b["attn"]["query"]["kernel"]), pos, inv_freq)
+    if i % share_every == 0:
+      k = _rope(np.einsum("btd,dnh->btnh", h, b["attn"]["key"]["kernel"]), pos, inv_freq)
+      v = np.einsum("btd,dnh->btnh", h, b["attn"]["value"]["kernel"])
+    o = _attend(q, k, v, cfg.attention.head_dim ** -0.5)
+    x = x + np.einsum("btnh,nhd->btd", o, b["attn"]["out"]["kernel"])
+    u = norm(x, b["mlp_norm"]["scale"]) @ b["mlp"]["up"]["kernel"]
+    gelu = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+    x = x + gelu @ b["mlp"]["down"]["kernel"]
+  return norm(x, p["final_norm"]["scale"]) @ p["embed"]["embedding"].T
+
+
+@pytest.mark.parametrize("share_every", [1, 2])
+def test_cla_lm_equals_a_numpy_lm_reusing_the_first_layers_keys_and_values(share_every):
+  """CLA (arXiv 2405.12981) with s = 2 over 3 layers: layer 1 reads layer 0's keys and values and
+  has no key/value weights; s = 1 is the plain model (the same reference, no sharing)."""
+  cfg = tiny_lm_config("mha")
+  cfg.update(num_layers=3, kv_share_every=share_every)
+  model = build_model(cfg)
+  tokens = jax.random.randint(jax.random.key(5), (B, T), 0, cfg.vocab_size)
+  params = model.init(jax.random.key(0), tokens)["params"]
+  assert ("key" in params["block_1"]["attn"]) == (share_every == 1)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  expected = _numpy_lm(p, np.asarray(tokens), cfg, share_every)
+  # Per layer: 2 norms, projections over D, scores over H, sum over T, out over N·H, MLP over D
+  # and F; then the final norm and the head over D.
+  terms = cfg.num_layers * (6 * D + cfg.mlp_dim + 2 * T) + 2 * D
+  assert_f32_close(model.apply({"params": params}, tokens), expected, terms=terms)

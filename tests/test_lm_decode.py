@@ -83,6 +83,25 @@ def test_cache_bytes_equal_formula(lm_variant):
   assert kv_cache_bytes(shapes) == kv_cache_formula_bytes(bf16, 7, 2, jnp.bfloat16)
 
 
+@pytest.mark.parametrize("variant", [("gqa", {"num_kv_heads": 2}),
+                                     ("mla", {"mla_decode_mode": "absorbed"}),
+                                     ("gla", {"mla_decode_mode": "latent"}), ("gta", {}),
+                                     ("tpa", {})], ids=variant_id)
+def test_cross_layer_kv_sharing_decodes_exactly_and_caches_every_second_layer(variant):
+  """CLA, kv_share_every = 2 over 3 layers: layers 0 and 2 cache, layer 1 reads layer 0's."""
+  cfg = tiny_lm_config(variant[0], **variant[1])
+  cfg.update(num_layers=3, kv_share_every=2)
+  _check_decode(cfg, (4, 1, 3, 1), jit=True)
+  model, params, tokens_BT = _setup(cfg, t=6)
+  cache = jax.eval_shape(lambda p, x: _decode(model, p, x, (6,), jit=False)[1], params,
+                         tokens_BT)
+  assert sorted(k for k in cache if k.startswith("block")) == ["block_0", "block_2"]
+  assert kv_cache_bytes(cache) == kv_cache_formula_bytes(cfg, 6, 2)
+  plain = tiny_lm_config(variant[0], **variant[1])
+  plain.num_layers = 3
+  assert kv_cache_formula_bytes(plain, 6, 2) == kv_cache_bytes(cache) * 3 // 2
+
+
 def test_absorbed_cache_holds_only_latent_and_rope_key():
   cfg = tiny_lm_config("mla", mla_decode_mode="absorbed")
   cache = init_cache(build_model(cfg), 2, 9)

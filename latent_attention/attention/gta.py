@@ -35,7 +35,7 @@ class GroupedTiedAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
-               causal=True, decode=False):
+               causal=True, decode=False, shared_kv=None, return_kv=False):
     """See `latent_attention.attention` for the shared call signature."""
     cfg = self.cfg
     n, k, h, r = cfg.num_heads, cfg.kv_heads, cfg.head_dim, cfg.qk_rope_head_dim
@@ -46,25 +46,31 @@ class GroupedTiedAttention(nn.Module):
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
     q_BTNH = dense(x_BTD, (n, h), name="query")
-    kv_BSKH = dense(kv_BSD, (k, h), name="kv")  # tied: the values, and the keys' first H - d_R.
-    k_rope_BS1R = dense(kv_BSD, r, name="k_rope")[:, :, None]
     q_nope_BTNP, q_rope_BTNR = q_BTNH[..., :h - r], q_BTNH[..., h - r:]
+    inv_freq = inv_frequencies(r, cfg)
     if pos_BT is not None:
-      inv_freq = inv_frequencies(r, cfg)
       q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, inv_freq)
-      k_rope_BS1R = apply_rope(k_rope_BS1R, kv_pos_BS, inv_freq)
     scale = softmax_scale(h, cfg)
-    if decode and (cached := cache.update_heads(self, pos_BT, cached_kv=kv_BSKH,
-                                                cached_k_rope=k_rope_BS1R)):
-      buffers, mask_BTS = cached
+    if shared_kv is None:  # this layer computes (and caches) its own tied heads and RoPE key.
+      kv_BSKH = dense(kv_BSD, (k, h), name="kv")  # the values, and the keys' first H - d_R.
+      k_rope_BS1R = dense(kv_BSD, r, name="k_rope")[:, :, None]
+      if pos_BT is not None:
+        k_rope_BS1R = apply_rope(k_rope_BS1R, kv_pos_BS, inv_freq)
+      cached = decode and cache.update_heads(self, pos_BT, cached_kv=kv_BSKH,
+                                             cached_k_rope=k_rope_BS1R)
+      shared_kv = {"cache": cached} if cached else {"kv": kv_BSKH, "k_rope": k_rope_BS1R}
+    if "cache" in shared_kv:
+      buffers, mask_BTS = shared_kv["cache"]
       kv = buffers["cached_kv"]  # [B, K, S, H], or [B, S, H] for one group.
       out_BTNH = cached_attention((q_nope_BTNP, q_rope_BTNR),
                                   (kv[..., :h - r], buffers["cached_k_rope"]), kv,
                                   mask_BTS=mask_BTS, scale=scale)
     else:
-      k_rope_BSKR = jnp.broadcast_to(k_rope_BS1R, (*kv_BSKH.shape[:3], r))
+      kv_BSKH = shared_kv["kv"]
+      k_rope_BSKR = jnp.broadcast_to(shared_kv["k_rope"], (*kv_BSKH.shape[:3], r))
       k_BSKH = jnp.concatenate([kv_BSKH[..., :h - r], k_rope_BSKR], axis=-1)
       out_BTNH = dot_product_attention(
           jnp.concatenate([q_nope_BTNP, q_rope_BTNR], axis=-1), k_BSKH, kv_BSKH,
           mask_BTS=mask_BTS, is_causal=is_causal, scale=scale, implementation=cfg.implementation)
-    return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+    y_BTD = dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+    return (y_BTD, shared_kv) if return_kv else y_BTD

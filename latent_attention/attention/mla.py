@@ -53,12 +53,12 @@ class MultiHeadLatentAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
-               causal=True, decode=False):
+               causal=True, decode=False, shared_kv=None, return_kv=False):
     """See `latent_attention.attention` for the shared call signature."""
     cfg = self.cfg
     dense = functools.partial(projection.dense, dtype=self.dtype)
     n, c, r = cfg.num_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
-    nope, dv, g = cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.latent_heads
+    nope, dv, g, kr = cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.latent_heads, cfg.mla_rope_heads
     self_attn = kv_BSD is None
     kv_BSD = x_BTD if self_attn else kv_BSD
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
@@ -72,19 +72,10 @@ class MultiHeadLatentAttention(nn.Module):
     else:
       q_BTNH = dense(x_BTD, (n, nope + r), name="query")
     q_nope_BTNH, q_rope_BTNR = q_BTNH[..., :nope], q_BTNH[..., nope:]
-    ckv_BSL = dense(kv_BSD, g * c, name="kv_down")  # L = G·d_c: G latent heads (GLA) of d_c.
-    if cfg.mla_kv_norm:
-      ckv_BSL = projection.RMSNorm(dtype=self.dtype, groups=g, name="kv_norm")(ckv_BSL)
-    ckv_BSGC = ckv_BSL.reshape(*ckv_BSL.shape[:2], g, c)
-    kr = cfg.mla_rope_heads
-    # [B, S, K_R, d_R]; the kernel stays [D, d_R] with one RoPE key (DeepSeek's checkpoints).
-    k_rope_BSKR = dense(kv_BSD, (kr, r) if kr > 1 else r, name="k_rope").reshape(
-        *kv_BSD.shape[:2], kr, r)
-    if pos_BT is not None:
-      inv_freq = rope_frequencies(cfg)
+    inv_freq = rope_frequencies(cfg) if pos_BT is not None else None
+    if inv_freq is not None:
       q_rope_BTNR = apply_rope(q_rope_BTNR, pos_BT, np.repeat(inv_freq, n // kr, axis=0)
                                if inv_freq.ndim == 2 else inv_freq)
-      k_rope_BSKR = apply_rope(k_rope_BSKR, kv_pos_BS, inv_freq)
     # d_nope = 0 (every key dim rotated, e.g. a converted model keeping all RoPE pairs): no W_UK.
     # Query head n reads latent head n // (N / G) through its own slice W_UK[:, n].
     w_uk_CNH = (self.param("k_up", _init, (c, n, nope)).astype(self.dtype) if nope
@@ -93,15 +84,28 @@ class MultiHeadLatentAttention(nn.Module):
     scale = softmax_scale(nope + r, cfg)
     q_BTNH = jnp.concatenate([q_nope_BTNH, q_rope_BTNR], axis=-1)
 
-    if not decode or not (cached := self._cache(pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH,
-                                                w_uv_CNH)):
-      k_rope_BSNR = _per_query_head(k_rope_BSKR, n, axis=2)
+    if shared_kv is None:  # this layer computes (and caches) its own latent and RoPE key.
+      ckv_BSL = dense(kv_BSD, g * c, name="kv_down")  # L = G·d_c: G latent heads (GLA).
+      if cfg.mla_kv_norm:
+        ckv_BSL = projection.RMSNorm(dtype=self.dtype, groups=g, name="kv_norm")(ckv_BSL)
+      ckv_BSGC = ckv_BSL.reshape(*ckv_BSL.shape[:2], g, c)
+      # [B, S, K_R, d_R]; the kernel stays [D, d_R] with one RoPE key (DeepSeek's checkpoints).
+      k_rope_BSKR = dense(kv_BSD, (kr, r) if kr > 1 else r, name="k_rope").reshape(
+          *kv_BSD.shape[:2], kr, r)
+      if inv_freq is not None:
+        k_rope_BSKR = apply_rope(k_rope_BSKR, kv_pos_BS, inv_freq)
+      cached = decode and self._cache(pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH)
+      shared_kv = {"cache": cached} if cached else {"ckv": ckv_BSGC, "k_rope": k_rope_BSKR}
+    if "cache" not in shared_kv:
+      ckv_BSGC = shared_kv["ckv"]
+      k_rope_BSNR = _per_query_head(shared_kv["k_rope"], n, axis=2)
       out_BTNH = dot_product_attention(
           q_BTNH, jnp.concatenate([_expand(ckv_BSGC, w_uk_CNH), k_rope_BSNR], axis=-1),
           _expand(ckv_BSGC, w_uv_CNH), mask_BTS=mask_BTS, is_causal=is_causal, scale=scale,
           implementation=cfg.implementation)
-      return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
-    buffers, mask_BTS = cached
+      y_BTD = dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+      return (y_BTD, shared_kv) if return_kv else y_BTD
+    buffers, mask_BTS = shared_kv["cache"]
     t = x_BTD.shape[1]
     if cfg.mla_decode_mode == "naive":
       out_BTNH = cached_attention((q_BTNH,), (buffers["cached_key"],), buffers["cached_value"],
@@ -119,7 +123,8 @@ class MultiHeadLatentAttention(nn.Module):
           (q_nope_BTNH, q_rope_BTNR),
           (_expand_cached(ckv, w_uk_CNH), buffers["cached_k_rope"]),
           _expand_cached(ckv, w_uv_CNH), mask_BTS=mask_BTS, scale=scale)
-    return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+    y_BTD = dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+    return (y_BTD, shared_kv) if return_kv else y_BTD
 
   def _cache(self, pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH):
     """Writes this chunk into the cache (see `cache.update_heads`: a single latent or RoPE key

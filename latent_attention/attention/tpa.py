@@ -43,7 +43,7 @@ class TensorProductAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
-               causal=True, decode=False):
+               causal=True, decode=False, shared_kv=None, return_kv=False):
     """See `latent_attention.attention` for the shared call signature."""
     cfg = self.cfg
     n, h = cfg.num_heads, cfg.head_dim
@@ -53,21 +53,24 @@ class TensorProductAttention(nn.Module):
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
         mask_BTS=mask_BTS)
+    inv_freq = inv_frequencies(h, cfg)
     aq_BTRN = dense(x_BTD, (cfg.tpa_q_rank, n), name="q_head")
     bq_BTRH = dense(x_BTD, (cfg.tpa_q_rank, h), name="q_feature")
-    ak_BSRN = dense(kv_BSD, (cfg.tpa_k_rank, n), name="k_head")
-    bk_BSRH = dense(kv_BSD, (cfg.tpa_k_rank, h), name="k_feature")
-    av_BSRN = dense(kv_BSD, (cfg.tpa_v_rank, n), name="v_head")
-    bv_BSRH = dense(kv_BSD, (cfg.tpa_v_rank, h), name="v_feature")
     if pos_BT is not None:
-      inv_freq = inv_frequencies(h, cfg)
       bq_BTRH = apply_rope(bq_BTRH, pos_BT, inv_freq)
-      bk_BSRH = apply_rope(bk_BSRH, kv_pos_BS, inv_freq)
     q_BTNH, scale = _product(aq_BTRN, bq_BTRH), softmax_scale(h, cfg)
-    if decode and (cached := cache.update(self, pos_BT, cached_k_head=ak_BSRN,
-                                          cached_k_feature=bk_BSRH, cached_v_head=av_BSRN,
-                                          cached_v_feature=bv_BSRH)):
-      buffers, mask_BTS = cached
+    if shared_kv is None:  # this layer computes (and caches) its own key and value factors.
+      factors = {"k_head": dense(kv_BSD, (cfg.tpa_k_rank, n), name="k_head"),
+                 "k_feature": dense(kv_BSD, (cfg.tpa_k_rank, h), name="k_feature"),
+                 "v_head": dense(kv_BSD, (cfg.tpa_v_rank, n), name="v_head"),
+                 "v_feature": dense(kv_BSD, (cfg.tpa_v_rank, h), name="v_feature")}
+      if pos_BT is not None:
+        factors["k_feature"] = apply_rope(factors["k_feature"], kv_pos_BS, inv_freq)
+      cached = decode and cache.update(
+          self, pos_BT, **{f"cached_{name}": f for name, f in factors.items()})
+      shared_kv = {"cache": cached} if cached else factors
+    if "cache" in shared_kv:
+      buffers, mask_BTS = shared_kv["cache"]
       ak, bk = buffers["cached_k_head"], buffers["cached_k_feature"]
       av, bv = buffers["cached_v_head"], buffers["cached_v_feature"]
       t = x_BTD.shape[1]
@@ -86,10 +89,13 @@ class TensorProductAttention(nn.Module):
                                     _product(av, bv).transpose(0, 2, 1, 3),
                                     mask_BTS=mask_BTS, scale=scale)
     else:
+      f = shared_kv
       out_BTNH = dot_product_attention(
-          q_BTNH, _product(ak_BSRN, bk_BSRH), _product(av_BSRN, bv_BSRH), mask_BTS=mask_BTS,
-          is_causal=is_causal, scale=scale, implementation=cfg.implementation)
-    return dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+          q_BTNH, _product(f["k_head"], f["k_feature"]), _product(f["v_head"], f["v_feature"]),
+          mask_BTS=mask_BTS, is_causal=is_causal, scale=scale,
+          implementation=cfg.implementation)
+    y_BTD = dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
+    return (y_BTD, shared_kv) if return_kv else y_BTD
 
 
 def factors_are_cheaper(cfg: AttentionConfig, t: int) -> bool:

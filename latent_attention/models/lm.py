@@ -13,6 +13,9 @@ from latent_attention.config import check_fields
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+CLA_KINDS = ("mha", "gqa", "mqa", "mla", "gla", "gta", "tpa")  # kinds that take shared_kv.
+
+
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
   """Fields of `config.model` for `name='lm'`."""
@@ -24,11 +27,23 @@ class LMConfig:
   mlp_dim: int = 512  # F, hidden width of the GELU MLP; 0 = attention-only blocks (Zoology).
   tie_embeddings: bool = True  # output head = embedding matrix transposed.
   dtype: str = "float32"  # compute dtype (float32|bfloat16|float16); params stay float32.
+  # CLA (Brandon et al. 2024, arXiv 2405.12981): layers 0, s, 2s, ... compute and cache keys and
+  # values; the s - 1 layers after each reuse them. 1 = every layer its own (no sharing).
+  kv_share_every: int = 1
   attention: AttentionConfig = AttentionConfig()
 
   def __post_init__(self):
-    check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers"),
+    check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers", "kv_share_every"),
                  non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES)})
+    if self.kv_share_every > 1 and self.attention.kind not in CLA_KINDS:
+      raise ValueError(f"model.kv_share_every={self.kv_share_every} is invalid with "
+                       f"attention.kind={self.attention.kind!r}: layers share keys and values "
+                       f"for {', '.join(CLA_KINDS)}")
+    if self.kv_share_every > 1 and self.attention.kind in ("mla", "gla") and (
+        self.attention.mla_decode_mode == "naive"):
+      raise ValueError(f"model.kv_share_every={self.kv_share_every} is invalid with "
+                       "attention.mla_decode_mode='naive': its cache holds each layer's own "
+                       "expanded keys; layers share the latent (latent or absorbed)")
     layers = self.attention.mla_rope_pairs.count("|") + 1
     if self.attention.kind in ("mla", "gla") and layers not in (1, self.num_layers):
       raise ValueError(f"model.attention.mla_rope_pairs has {layers} '|'-separated layers: "
@@ -53,16 +68,22 @@ class Block(nn.Module):
   layer: int = 0  # index in the stack (a converted MLA's RoPE pairs differ per layer).
 
   @nn.compact
-  def __call__(self, x_BTD, pos_BT, mask_BTS, decode):
+  def __call__(self, x_BTD, pos_BT, mask_BTS, decode, shared_kv=None):
+    """Returns (x, the keys and values this layer attended to: its own or `shared_kv`)."""
     dtype = DTYPES[self.cfg.dtype]
     attn = make_attention(self.cfg.attention.for_layer(self.layer), self.cfg.d_model, dtype,
                           name="attn")
     h_BTD = projection.RMSNorm(dtype=dtype, name="attn_norm")(x_BTD)
-    x_BTD = x_BTD + attn(h_BTD, pos_BT=pos_BT, mask_BTS=mask_BTS, decode=decode)
-    if not self.cfg.mlp_dim:
-      return x_BTD
-    h_BTD = projection.RMSNorm(dtype=dtype, name="mlp_norm")(x_BTD)
-    return x_BTD + Mlp(self.cfg.mlp_dim, dtype, name="mlp")(h_BTD)
+    if getattr(self.cfg, "kv_share_every", 1) > 1:  # Perceiver AR's config has no CLA.
+      y_BTD, shared_kv = attn(h_BTD, pos_BT=pos_BT, mask_BTS=mask_BTS, decode=decode,
+                              shared_kv=shared_kv, return_kv=True)
+    else:
+      y_BTD = attn(h_BTD, pos_BT=pos_BT, mask_BTS=mask_BTS, decode=decode)
+    x_BTD = x_BTD + y_BTD
+    if self.cfg.mlp_dim:
+      h_BTD = projection.RMSNorm(dtype=dtype, name="mlp_norm")(x_BTD)
+      x_BTD = x_BTD + Mlp(self.cfg.mlp_dim, dtype, name="mlp")(h_BTD)
+    return x_BTD, shared_kv
 
 
 class TransformerLM(nn.Module):
@@ -72,8 +93,8 @@ class TransformerLM(nn.Module):
 
   def cache_elements(self, seq_len: int, batch: int) -> int:
     """Analytic decode-cache size in elements for `seq_len` tokens of `batch` rows."""
-    return (self.cfg.num_layers * cache_elements_per_token(self.cfg.attention)
-            * seq_len * batch)
+    caching_layers = -(-self.cfg.num_layers // self.cfg.kv_share_every)  # CLA: every s-th.
+    return caching_layers * cache_elements_per_token(self.cfg.attention) * seq_len * batch
 
   @nn.compact
   def __call__(self, tokens_BT, *, decode=False, padding_mask_BT=None, positions_BP=None):
@@ -101,8 +122,10 @@ class TransformerLM(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name="embed",
                      embedding_init=nn.initializers.normal(0.02))
     x_BTD = embed(tokens_BT)
+    shared_kv = None
     for i in range(cfg.num_layers):
-      x_BTD = Block(cfg, i, name=f"block_{i}")(x_BTD, pos_BT, mask_BTS, decode)
+      x_BTD, shared_kv = Block(cfg, i, name=f"block_{i}")(
+          x_BTD, pos_BT, mask_BTS, decode, shared_kv if i % cfg.kv_share_every else None)
     if positions_BP is not None:
       x_BTD = jnp.take_along_axis(x_BTD, positions_BP[..., None], axis=1)
       t = positions_BP.shape[1]

@@ -98,7 +98,7 @@ class PerceiverAR(nn.Module):
     z_BMD = z_BMD + Mlp(cfg.mlp_dim, dtype, name="cross_mlp")(h_BMD)
     for i in range(cfg.num_layers):
       # models/lm.py's block reads only d_model, mlp_dim, dtype and attention from its config.
-      z_BMD = Block(cfg, name=f"block_{i}")(z_BMD, latent_pos_BM, None, decode)
+      z_BMD, _ = Block(cfg, name=f"block_{i}")(z_BMD, latent_pos_BM, None, decode)
     z_BMD = projection.RMSNorm(dtype=dtype, name="final_norm")(z_BMD)
     if cfg.tie_embeddings:
       logits_BMV = embed.attend(z_BMD)
