@@ -22,6 +22,11 @@ def _flax_dense(features, n_in=1, *, dtype, name):
                          name=name)
 
 
+def _flax_rmsnorm(groups=1, **kwargs):
+  assert groups == 1, "flax's RMSNorm normalises the whole last axis"
+  return nn.RMSNorm(**kwargs)
+
+
 def _loss_params_logits(cfg, tokens_BT, targets_BT):
   model = build_model(cfg)
   params = jax.jit(model.init)(jax.random.key(0), tokens_BT)["params"]
@@ -44,7 +49,7 @@ def test_same_params_logits_and_gradients_as_flax_layers(kind, extra, monkeypatc
   params, logits, grads = _loss_params_logits(cfg, tokens_BT, targets_BT)
 
   monkeypatch.setattr(projection, "Dense", _flax_dense)
-  monkeypatch.setattr(projection, "RMSNorm", nn.RMSNorm)
+  monkeypatch.setattr(projection, "RMSNorm", _flax_rmsnorm)
   monkeypatch.setattr(projection, "apply_kernel",
                       lambda x, kernel, n_in=1: jnp.tensordot(x, kernel, axes=n_in))
   if kind != "mla":  # MLA's value dim differs from its qk dim: einsum in both.

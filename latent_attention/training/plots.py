@@ -7,7 +7,7 @@ display. Each takes the table rows of finished runs (see `training.sweep`).
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 DPI = 120
 
@@ -160,24 +160,34 @@ def perplexity_vs_context(rows, path: str) -> None:
 
 
 def perplexity_vs_cache_by_method(rows, path: str) -> None:
-  """Perplexity vs KV-cache bytes per token (log x), one line per method through its points
-  (labelled d_c/d_R); the first row, the original model, as a star and a dotted level."""
+  """Perplexity vs KV-cache bytes per token (log-log), a colour per method; points of one method
+  and one d_R joined (the d_c series), labelled d_c/d_R; the first row, the original model, as a
+  star and a dotted level."""
   fig = Figure(figsize=(7, 5), layout="constrained")
   ax = fig.subplots()
   original = rows[0]
   ax.axhline(original["perplexity"], color="grey", linestyle=":", linewidth=1)
   ax.plot(original["kv_bytes_per_token"], original["perplexity"], "k*", markersize=12,
           label=original["method"])
+  styles = {}
   for i, method in enumerate(dict.fromkeys(r["method"] for r in rows[1:])):
-    got = sorted((r["kv_bytes_per_token"], r["perplexity"], r["kv_lora_rank"], r["rope_dims"])
-                 for r in rows[1:] if r["method"] == method)
-    ax.plot([g[0] for g in got], [g[1] for g in got], "-o", color=f"C{i}", label=method)
-    for x, y, c, r in got:
-      ax.annotate(f"{c}/{r}", (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7,
-                  color=f"C{i}")
+    mine = [r for r in rows[1:] if r["method"] == method]
+    for j, rope in enumerate(sorted({r["rope_dims"] for r in mine},
+                                    key=lambda d: -sum(r["rope_dims"] == d for r in mine))):
+      got = sorted((r["kv_bytes_per_token"], r["perplexity"], r["kv_lora_rank"])
+                   for r in mine if r["rope_dims"] == rope)
+      style = styles.setdefault(rope, ("-", "--", ":", "-.")[len(styles) % 4])
+      ax.plot([g[0] for g in got], [g[1] for g in got], style, marker="o", color=f"C{i}",
+              label=method if j == 0 else None)
+      for x, y, c in got:
+        ax.annotate(f"{c}/{rope}", (x, y), xytext=(3, 3), textcoords="offset points",
+                    fontsize=7, color=f"C{i}")
   ax.set_xscale("log")
   ax.set_yscale("log")
-  ax.set(xlabel="KV-cache bytes per token (all layers); labels: d_c/d_R",
+  lines = ", ".join(f"{style!r} d_R={rope}" for rope, style in styles.items())
+  ax.yaxis.set_major_formatter(ScalarFormatter())
+  ax.yaxis.set_minor_formatter(ScalarFormatter())
+  ax.set(xlabel=f"KV-cache bytes per token (all layers)\npoints d_c/d_R; lines {lines}",
          ylabel="perplexity (eval split, log)", title="Converting MHA to MLA vs training MLA")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
