@@ -25,6 +25,9 @@ VARIANTS = {
     "gqa": dict(kind="gqa", num_kv_heads=2),
     "mqa": dict(kind="mqa"),
     "mla": dict(kind="mla"),
+    "gla": dict(kind="gla"),  # two latent heads of kv_lora_rank (arXiv 2505.21487).
+    "gta": dict(kind="gta", num_kv_heads=2),  # two tied KV heads, RoPE key qk_rope_head_dim.
+    "tpa": dict(kind="tpa"),  # ranks 6/2/2 (arXiv 2501.06425).
     "lowrank_gated": dict(kind="lowrank_gated"),
     "head_gated": dict(kind="head_gated", head_gated_top_k=2),
 }

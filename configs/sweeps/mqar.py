@@ -8,17 +8,18 @@ r"""MQAR recall vs KV-cache bytes (Zoology, arXiv 2312.04927, figure 2 scaled to
 
 2-layer LMs on multi-query associative recall (configs/lm_mqar.py: vocabulary 8192) with every
 attention kind: mha, gqa (2 KV heads), mqa, mla with a tight and a loose latent (d_c = 8, 64),
+gla (the loose latent in two heads), gta (2 tied KV heads), tpa (ranks 6/2/2),
 lowrank_gated, head_gated (2 of 4 heads) and perceiver_ar with few latents (M = 16, so only the
 queries among the last 16 positions are scored). The `accuracy` column is recall accuracy.
 Expectation to check, not to force: full attention solves the task, tight bottlenecks (small
 d_c, few latents, few kept heads) lose recall as the number of key-value pairs grows.
 
-Sizes (the argument): default = (T, pairs) = (64, 4) at d_model 64, 8 runs of 3000 steps
-(about 50 minutes on 2 CPU cores); `t128` = (128, 8) at d_model 64 (twice that); `full` =
+Sizes (the argument): default = (T, pairs) = (64, 4) at d_model 64, 11 runs of 3000 steps
+(about 70 minutes on 2 CPU cores); `t128` = (128, 8) at d_model 64 (twice that); `full` =
 Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 48 runs (GPU-sized);
 `zoology` = lm_mqar.py's `zoology` recipe at (64, 4) (one head, attention-only blocks, batch
 512, 5 epochs; ~9 minutes a run) for the kinds that exist with one head (mha, mla at d_c = 8 and
-64, lowrank_gated), seeds 0 and 1.
+64, tpa, lowrank_gated), seeds 0 and 1.
 """
 
 import ml_collections
@@ -29,11 +30,14 @@ KINDS = {  # run name prefix -> (config argument, dotted overrides)
     "mqa": ("mqa", {}),
     "mla_c8": ("mla", {"model.attention.kv_lora_rank": 8}),
     "mla_c64": ("mla", {"model.attention.kv_lora_rank": 64}),
+    "gla2_c32": ("gla", {"model.attention.kv_lora_rank": 32}),  # mla_c64's latent in 2 heads.
+    "gta": ("gta", {}),
+    "tpa": ("tpa", {}),
     "lowrank_gated": ("lowrank_gated", {}),
     "head_gated": ("head_gated", {}),
     "perceiver_ar_m16": ("mha,perceiver_ar", {"model.num_latents": 16}),
 }
-ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "lowrank_gated")
+ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "tpa", "lowrank_gated")
 SIZES = {
     "": ([(64, 4)], [64]),
     "t128": ([(128, 8)], [64]),
