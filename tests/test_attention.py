@@ -206,6 +206,11 @@ def test_bad_model_config_errors():
   with pytest.raises(ValueError, match="kv_share_every=2 is invalid with attention.mla_decode_"
                                        "mode='naive'"):
     build_model(cfg)
+  cfg = tiny_lm_config("mla", mla_rope_pairs="0,1|1,2")
+  cfg.kv_share_every = 2
+  with pytest.raises(ValueError, match="kv_share_every=2 is invalid with per-layer model."
+                                       "attention.mla_rope_pairs: a layer reusing"):
+    build_model(cfg)
   cfg = tiny_lm_config()
   cfg.name = "rnn"
   with pytest.raises(ValueError, match="model.name='rnn' is invalid: choose one of"):

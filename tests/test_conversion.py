@@ -94,6 +94,10 @@ def test_bad_conversion_requests_are_one_line_errors(request_, message):
   with pytest.raises(ValueError, match=r"source model='lm/mla' is invalid: convert a language "
                                        r"model \(name 'lm'\) of kind mha, gqa, mqa"):
     mla_conversion.check_request(tiny_lm_config("mla").to_dict(), 8, 4, "activation")
+  shared = tiny_lm_config("mha").to_dict()
+  shared["kv_share_every"] = 2
+  with pytest.raises(ValueError, match=r"source model.kv_share_every=2 is invalid"):
+    mla_conversion.check_request(shared, 8, 4, "activation")
 
 
 def test_conversion_study_on_a_full_rank_conversion(tmp_path):

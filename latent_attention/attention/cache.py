@@ -25,7 +25,7 @@ def heads_major(**chunks_BTKH):
 
 
 def update_heads(module: nn.Module, pos_BT: jax.Array, **chunks_BSKX):
-  """`update` for chunks [B, T, K_i, X] of any head counts, each kept in the layout
+  """`update` for chunks [B, S, K_i, X] of any head counts, each kept in the layout
   `core.cached_attention` reads: [B, S, X] when K_i = 1, heads-major [B, K_i, S, X] otherwise
   (e.g. GTA's tied kv heads beside its one RoPE key). Same return value as `update`."""
   one = {name: c[:, :, 0] for name, c in chunks_BSKX.items() if c.shape[2] == 1}

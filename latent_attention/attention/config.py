@@ -69,7 +69,9 @@ class AttentionConfig:
   def for_layer(self, i: int) -> "AttentionConfig":
     """The config of layer i: its own group of `mla_rope_pairs` when they are per layer."""
     layers = self.mla_rope_pairs.split("|")
-    return self if len(layers) == 1 else dataclasses.replace(self, mla_rope_pairs=layers[i])
+    if len(layers) == 1 or self.kind not in LATENT_KINDS:  # other kinds ignore the field.
+      return self
+    return dataclasses.replace(self, mla_rope_pairs=layers[i])
 
   @property
   def latent_heads(self) -> int:

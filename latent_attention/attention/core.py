@@ -38,13 +38,17 @@ def and_masks(*masks_BTS):
   return out_BTS
 
 
-def plan_masks(*, self_attn, causal, pos_BT, kv_pos_BS, mask_BTS):
+def plan_masks(*, self_attn, causal, pos_BT, kv_pos_BS, mask_BTS, shared_kv=None):
   """Resolves the shared call arguments of every attention module.
 
   Returns (kv_pos_BS, mask_BTS, is_causal): self-attention reuses the query positions and lets
   the core apply the causal mask (cuDNN can then skip masked blocks); causal cross-attention
-  (Perceiver AR) masks by position, so it needs pos_BT and kv_pos_BS.
+  (Perceiver AR) masks by position, so it needs pos_BT and kv_pos_BS. Keys and values shared
+  from another layer (`shared_kv`, CLA) come from self-attention over the same positions.
   """
+  if shared_kv is not None and not self_attn:
+    raise ValueError("shared_kv (cross-layer KV sharing, model.kv_share_every) is for "
+                     "self-attention; this call also got kv_BSD")
   if self_attn:
     return pos_BT, mask_BTS, causal
   if causal:

@@ -40,7 +40,7 @@ class GroupedQueryAttention(nn.Module):
     q_BTNH = dense(x_BTD, (n, h), name="query")
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
-        mask_BTS=mask_BTS)
+        mask_BTS=mask_BTS, shared_kv=shared_kv)
     inv_freq = inv_frequencies(h, cfg)
     if pos_BT is not None:
       q_BTNH = apply_rope(q_BTNH, pos_BT, inv_freq)

@@ -44,7 +44,7 @@ class GroupedTiedAttention(nn.Module):
     kv_BSD = x_BTD if self_attn else kv_BSD
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
-        mask_BTS=mask_BTS)
+        mask_BTS=mask_BTS, shared_kv=shared_kv)
     q_BTNH = dense(x_BTD, (n, h), name="query")
     q_nope_BTNP, q_rope_BTNR = q_BTNH[..., :h - r], q_BTNH[..., h - r:]
     inv_freq = inv_frequencies(r, cfg)

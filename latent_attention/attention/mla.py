@@ -63,7 +63,7 @@ class MultiHeadLatentAttention(nn.Module):
     kv_BSD = x_BTD if self_attn else kv_BSD
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
-        mask_BTS=mask_BTS)
+        mask_BTS=mask_BTS, shared_kv=shared_kv)
 
     if cfg.q_lora_rank:
       cq_BTC = projection.RMSNorm(dtype=self.dtype, name="q_norm")(
@@ -112,10 +112,12 @@ class MultiHeadLatentAttention(nn.Module):
                                   mask_BTS=mask_BTS, scale=scale)
     elif cfg.mla_decode_mode == "absorbed" and absorb_is_cheaper(cfg, t):
       # Scores and the weighted sum against each query head's latent head, [B, (G,) S, d_c].
-      q_abs_BTNC = jnp.einsum("BTNH,CNH->BTNC", q_nope_BTNH, w_uk_CNH)
       ckv = buffers["cached_ckv"]
-      o_BTNC = cached_attention((q_abs_BTNC, q_rope_BTNR), (ckv, buffers["cached_k_rope"]),
-                                ckv, mask_BTS=mask_BTS, scale=scale)
+      q_parts, k_parts = (q_rope_BTNR,), (buffers["cached_k_rope"],)
+      if nope:  # d_nope = 0: every score comes from the RoPE keys.
+        q_abs_BTNC = jnp.einsum("BTNH,CNH->BTNC", q_nope_BTNH, w_uk_CNH)
+        q_parts, k_parts = (q_abs_BTNC, *q_parts), (ckv, *k_parts)
+      o_BTNC = cached_attention(q_parts, k_parts, ckv, mask_BTS=mask_BTS, scale=scale)
       out_BTNH = jnp.einsum("BTNC,CNH->BTNH", o_BTNC, w_uv_CNH)
     else:  # latent, or a chunk long enough that expanding K and V is cheaper (a prefill).
       ckv = buffers["cached_ckv"]

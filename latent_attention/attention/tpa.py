@@ -52,7 +52,7 @@ class TensorProductAttention(nn.Module):
     kv_BSD = x_BTD if self_attn else kv_BSD
     kv_pos_BS, mask_BTS, is_causal = plan_masks(
         self_attn=self_attn, causal=causal, pos_BT=pos_BT, kv_pos_BS=kv_pos_BS,
-        mask_BTS=mask_BTS)
+        mask_BTS=mask_BTS, shared_kv=shared_kv)
     inv_freq = inv_frequencies(h, cfg)
     aq_BTRN = dense(x_BTD, (cfg.tpa_q_rank, n), name="q_head")
     bq_BTRH = dense(x_BTD, (cfg.tpa_q_rank, h), name="q_feature")

@@ -44,11 +44,17 @@ class LMConfig:
       raise ValueError(f"model.kv_share_every={self.kv_share_every} is invalid with "
                        "attention.mla_decode_mode='naive': its cache holds each layer's own "
                        "expanded keys; layers share the latent (latent or absorbed)")
-    layers = self.attention.mla_rope_pairs.count("|") + 1
-    if self.attention.kind in ("mla", "gla") and layers not in (1, self.num_layers):
-      raise ValueError(f"model.attention.mla_rope_pairs has {layers} '|'-separated layers: "
-                       f"give one group for all layers or one per layer "
+    groups = self.attention.mla_rope_pairs.split("|")
+    if self.attention.kind in ("mla", "gla") and len(groups) not in (1, self.num_layers):
+      raise ValueError(f"model.attention.mla_rope_pairs has {len(groups)} '|'-separated "
+                       f"layers: give one group for all layers or one per layer "
                        f"(num_layers={self.num_layers})")
+    s = self.kv_share_every
+    if len(groups) > 1 and any(groups[i] != groups[i - i % s] for i in range(len(groups))):
+      raise ValueError(f"model.kv_share_every={s} is invalid with per-layer "
+                       "model.attention.mla_rope_pairs: a layer reusing another's RoPE key "
+                       "must rotate with the same pairs; give equal groups within each block "
+                       "of layers sharing keys")
 
 
 class Mlp(nn.Module):

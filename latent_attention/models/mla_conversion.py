@@ -3,10 +3,11 @@
 Per layer, from the source's W_Q [D, N, H], W_K and W_V [D, K, H] and W_O [N, H, D]:
 
 1. Partial RoPE (MHA2MLA section 3.2, its 2-norm criterion). Frequency pair j of kv head k
-   (dims j and j + H/2, half-split RoPE) scores the mean over calibration tokens of
-   Σ_{n in k's group} ‖q_n,j‖·‖k_k,j‖, a bound on its share of the attention logits; the d_R/2
-   highest pairs keep their rotation and become group k's RoPE key (`mla_rope_heads = K`, pairs
-   in `mla_rope_pairs`), the other pairs lose it and become the non-RoPE ("nope") dims.
+   (dims j and j + H/2, half-split RoPE) scores Σ_{n in k's group} mean_t ‖q_n,j(t)‖ ·
+   mean_s ‖k_k,j(s)‖ over calibration tokens: by Cauchy-Schwarz, the mean over query-key pairs
+   of a bound on the pair's share of the logit q(t)·k(s). The d_R/2 highest pairs keep their
+   rotation and become group k's RoPE key (`mla_rope_heads = K`, pairs in `mla_rope_pairs`),
+   the other pairs lose it and become the non-RoPE ("nope") dims.
 2. Joint low-rank keys and values. M = [W_K,nope | W_V] is D × K·(2H − d_R); the latent is
    c = h·W_DKV with W_DKV = M·V_C, and [W_UK | W_UV] = V_Cᵀ, V_C the top-C right singular vectors
    of M (`svd`, MHA2MLA's SVD_joint) or of Lᵀ·M with L·Lᵀ = XᵀX over calibration inputs X
@@ -38,6 +39,9 @@ def check_request(model_cfg: dict, kv_lora_rank: int, rope_dims: int, method: st
   if model_cfg.get("name") != "lm" or att.get("kind") not in SOURCE_KINDS:
     _fail("source model", f"{model_cfg.get('name')}/{att.get('kind')}",
           f"convert a language model (name 'lm') of kind {', '.join(SOURCE_KINDS)}")
+  if model_cfg.get("kv_share_every", 1) != 1:
+    _fail("source model.kv_share_every", model_cfg["kv_share_every"],
+          "only a model whose every layer has its own keys and values (1) converts")
   h, k = att["head_dim"], {"mha": att["num_heads"], "mqa": 1}.get(att["kind"],
                                                                   att["num_kv_heads"])
   if method not in METHODS:
@@ -65,8 +69,9 @@ def mla_config(model_cfg: dict, kv_lora_rank: int, rope_dims: int, layer_pairs) 
 
 
 def calibrate(model, params, batches, kv_heads: int):
-  """Per layer: pair scores [K, H/2] (MHA2MLA's 2-norm) and the input Gram XᵀX [D, D],
-  summed over the calibration token batches (float64)."""
+  """Per layer, summed over the calibration tokens (float64): the 2-norms of the query pairs
+  (summed over each kv group's query heads) and of the key pairs, [K, H/2] each, and the input
+  Gram XᵀX [D, D]; `pair_scores` turns the norms into MHA2MLA's scores."""
   stats = {}
 
   def capture(next_fun, args, kwargs, context):
@@ -90,13 +95,17 @@ def calibrate(model, params, batches, kv_heads: int):
       qn = np.hypot(q[..., :h2], q[..., h2:])  # ‖pair j‖ per token and head: [B, T, N, H/2]
       kn = np.hypot(k[..., :h2], k[..., h2:])
       b, t, n = qn.shape[:3]
-      qn_group = qn.reshape(b, t, kv_heads, n // kv_heads, h2).sum(axis=3)
-      score = (qn_group * kn).sum(axis=(0, 1))
-      tot = totals.setdefault(layer, {"score": 0.0, "gram": 0.0, "tokens": 0})
-      tot["score"] = tot["score"] + score
+      tot = totals.setdefault(layer, {"q_norm": 0.0, "k_norm": 0.0, "gram": 0.0, "tokens": 0})
+      tot["q_norm"] = tot["q_norm"] + qn.reshape(b, t, kv_heads, n // kv_heads, h2).sum((0, 1, 3))
+      tot["k_norm"] = tot["k_norm"] + kn.sum(axis=(0, 1))
       tot["gram"] = tot["gram"] + s["gram"]
       tot["tokens"] += b * t
   return totals
+
+
+def pair_scores(stats: dict) -> np.ndarray:
+  """[K, H/2]: mean query-pair norm (summed over the group) x mean key-pair norm."""
+  return (stats["q_norm"] / stats["tokens"]) * (stats["k_norm"] / stats["tokens"])
 
 
 def top_pairs(score_KH2: np.ndarray, rope_dims: int) -> list[list[int]]:
@@ -173,11 +182,12 @@ def convert(params, model, model_cfg: dict, batches, *, kv_lora_rank: int, rope_
   out, report = dict(params), []
   for i in range(model_cfg["num_layers"]):
     layer = f"block_{i}"
-    pairs = top_pairs(stats[layer]["score"], rope_dims)
+    scores = pair_scores(stats[layer])
+    pairs = top_pairs(scores, rope_dims)
     out[layer] = dict(params[layer])
     out[layer]["attn"], error = convert_layer(params[layer]["attn"], pairs, kv_heads,
                                               kv_lora_rank, stats[layer]["gram"], method)
     report.append({"layer": i, "rope_pairs": pairs, "kv_relative_error": error,
-                   "pair_scores": (stats[layer]["score"] / stats[layer]["tokens"]).tolist()})
+                   "pair_scores": scores.tolist()})
   cfg = mla_config(model_cfg, kv_lora_rank, rope_dims, [r["rope_pairs"] for r in report])
   return cfg, out, report

@@ -199,10 +199,11 @@ def cross_attention_maps(model: Perceiver, params, images_BHWC, use_position_fea
 
   with nn.intercept_methods(capture):
     model.apply({"params": params}, images_BHWC, use_position_features=use_position_features)
-  if attn_cfg.kind == "mla" and attn_cfg.latent_heads == 1:  # No RoPE here (pos_BT=None): keys are [W_UK c_KV ; k_R].
+  if attn_cfg.kind == "mla":  # No RoPE here (pos_BT=None): keys are [W_UK c_KV ; k_R].
     q_BTNH = captured["q_up" if attn_cfg.q_lora_rank else "query"]
-    w_uk_CNH = params[prefix[0]][prefix[1]][prefix[2]]["k_up"]
     ckv_BSC = captured["kv_norm" if attn_cfg.mla_kv_norm else "kv_down"]
+    w_uk_CNH = params[prefix[0]][prefix[1]][prefix[2]].get(  # none when d_nope = 0.
+        "k_up", jnp.zeros((ckv_BSC.shape[-1], attn_cfg.num_heads, 0)))
     k_nope_BSNH = jnp.einsum("BSC,CNH->BSNH", ckv_BSC, w_uk_CNH)
     k_rope_BSKR = captured["k_rope"].reshape(*ckv_BSC.shape[:2], attn_cfg.mla_rope_heads, -1)
     k_rope_BSNR = jnp.repeat(k_rope_BSKR, k_nope_BSNH.shape[2] // attn_cfg.mla_rope_heads,

@@ -14,8 +14,8 @@ import time
 
 from absl import logging
 
-from latent_attention import models
-from latent_attention.attention import cache_elements_per_token
+from latent_attention import kv_cache_formula_bytes, models
+from latent_attention.models.lm import DTYPES
 from latent_attention.models.mla_conversion import METHODS
 from latent_attention.training import checkpoint, config_files, conversion, evaluate, loop
 from latent_attention.training import metrics as metrics_lib
@@ -33,8 +33,9 @@ def parse_points(texts) -> list[tuple[int, int]]:
 
 
 def _bytes_per_token(model_cfg: dict) -> int:
+  """All layers' decode-cache bytes per token, in the model's compute dtype."""
   cfg = models.parse_config(model_cfg)
-  return cache_elements_per_token(cfg.attention) * cfg.num_layers * 4  # float32 cache.
+  return kv_cache_formula_bytes(cfg, 1, 1, DTYPES[cfg.dtype])
 
 
 def _train(config: dict, workdir: str) -> float:

@@ -55,8 +55,11 @@ def variant_config(model_config, name: str, perceiver_latents: int):
   lm = parse_config(model_config)
   attention = dataclasses.replace(lm.attention, **VARIANTS[name])
   if attention.kind == "gla":  # GLA-G splits MLA's latent into G heads (the paper's pairing).
-    attention = dataclasses.replace(
-        attention, kv_lora_rank=attention.kv_lora_rank // attention.gla_latent_heads)
+    g = attention.gla_latent_heads
+    if attention.kv_lora_rank % g:
+      raise ValueError(f"model.attention.kv_lora_rank={attention.kv_lora_rank} is invalid for "
+                       f"gla_absorbed: must be divisible by gla_latent_heads={g}")
+    attention = dataclasses.replace(attention, kv_lora_rank=attention.kv_lora_rank // g)
   if name != "perceiver_ar":
     return dataclasses.replace(lm, attention=attention)
   return PerceiverARConfig(
