@@ -21,11 +21,11 @@ def _attention(cfg_section, d_model=32):
 
 
 # One per distinct full forward pass: MLA's decode modes share one (q_lora_rank adds a query
-# projection), lowrank_gated's combines and head_gated's ways of counting kept heads differ
-# after attention, not in which positions it reads.
+# projection), as GLA's grouped latents do; lowrank_gated's combines and head_gated's ways of
+# counting kept heads differ after attention, not in which positions it reads.
 FORWARD_VARIANTS = [("mha", {}), ("gqa", {"num_kv_heads": 2}), ("mqa", {}),
                     ("mla", {"mla_decode_mode": "absorbed", "q_lora_rank": 24}),
-                    ("gla", {"gla_latent_heads": 2}), ("gta", {"num_kv_heads": 2}), ("tpa", {}),
+                    ("gta", {"num_kv_heads": 2}), ("tpa", {}),
                     ("lowrank_gated", {}), ("head_gated", {"head_gated_top_k": 2})]
 
 

@@ -84,12 +84,11 @@ def test_cache_bytes_equal_formula(lm_variant):
 
 
 @pytest.mark.parametrize("variant", [("gqa", {"num_kv_heads": 2}),
-                                     ("gla", {"mla_decode_mode": "absorbed"}), ("tpa", {})],
-                         ids=variant_id)
+                                     ("gla", {"mla_decode_mode": "absorbed"})], ids=variant_id)
 def test_cross_layer_kv_sharing_decodes_exactly_and_caches_every_second_layer(variant):
   """CLA, kv_share_every = 2 over 3 layers: layers 0 and 2 cache, layer 1 reads layer 0's.
-  One kind per kind of shared state: K/V heads, latents (GLA: MLA's path with grouped latent
-  heads), factors (gta shares K/V-shaped buffers through the same code as gqa)."""
+  Heads and latents (GLA: MLA's path with grouped latent heads); gta and tpa hand their cache
+  on through the same `shared_kv` dict (tests/test_kv_compressing.py checks CLA's math)."""
   cfg = tiny_lm_config(variant[0], **variant[1])
   cfg.update(num_layers=3, kv_share_every=2)
   _check_decode(cfg, (4, 1, 3, 1), jit=True)

@@ -48,9 +48,11 @@ def _train(config: dict, workdir: str) -> float:
 
 
 def run(source: str, output_dir: str, points, *, finetune_steps: int = 0,
-        finetune_lr: float = 1e-3, scratch: bool = True, num_batches: int = 8) -> list[dict]:
+        finetune_lr: float = 1e-3, scratch: bool = True, num_batches: int = 8,
+        methods=METHODS) -> list[dict]:
   """Rows {method, kv_lora_rank, rope_dims, kv_bytes_per_token, split, perplexity, seconds};
-  the first is the original. finetune_steps=0: 5% of the source's num_steps."""
+  the first is the original. finetune_steps=0: 5% of the source's num_steps. The first of
+  `methods` is fine-tuned."""
   exp, params, _ = evaluate.restore_experiment(source)
   saved = exp.config.to_dict()
   split = saved["data"]["eval_split"]
@@ -59,7 +61,7 @@ def run(source: str, output_dir: str, points, *, finetune_steps: int = 0,
            "rope_dims": None, "kv_bytes_per_token": _bytes_per_token(saved["model"]),
            "split": split, "perplexity": loop.evaluate(exp, params, split)["perplexity"],
            "seconds": 0.0}]
-  tasks = len(points) * (len(METHODS) + 1 + scratch)
+  tasks = len(points) * (len(methods) + 1 + scratch)
   started, finished = time.perf_counter(), 0
 
   def add(method, c, r, model_cfg, perplexity, seconds):
@@ -74,7 +76,7 @@ def run(source: str, output_dir: str, points, *, finetune_steps: int = 0,
                  metrics_lib.format_duration(elapsed / finished * (tasks - finished)))
 
   for c, r in points:
-    for method in METHODS:
+    for method in methods:
       out = os.path.join(output_dir, f"c{c}_r{r}_{method}")
       report_path = os.path.join(out, "conversion.json")
       if not os.path.exists(report_path):
@@ -85,7 +87,7 @@ def run(source: str, output_dir: str, points, *, finetune_steps: int = 0,
       converted = _saved_config(out)
       add(f"converted ({method})", c, r, converted["model"], report["converted_perplexity"],
           report["seconds"])
-      if method != METHODS[0]:
+      if method != methods[0]:
         continue
       start = time.perf_counter()
       ft = json.loads(json.dumps(converted))
