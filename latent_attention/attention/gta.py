@@ -62,8 +62,10 @@ class GroupedTiedAttention(nn.Module):
     if "cache" in shared_kv:
       buffers, mask_BTS = shared_kv["cache"]
       kv = buffers["cached_kv"]  # [B, K, S, H], or [B, S, H] for one group.
-      out_BTNH = cached_attention((q_nope_BTNP, q_rope_BTNR),
-                                  (kv[..., :h - r], buffers["cached_k_rope"]), kv,
+      # The query's non-RoPE part, zero-padded to H, scores against the whole tied head: the
+      # same logits as against kv[..., :H - d_R], whose slice XLA:CPU copied every step.
+      q_pad_BTNH = jnp.pad(q_nope_BTNP, [(0, 0)] * 3 + [(0, r)])
+      out_BTNH = cached_attention((q_pad_BTNH, q_rope_BTNR), (kv, buffers["cached_k_rope"]), kv,
                                   mask_BTS=mask_BTS, scale=scale)
     else:
       kv_BSKH = shared_kv["kv"]
