@@ -24,6 +24,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
                                       "--xla_llvm_disable_expensive_passes=true",
                                       "--xla_cpu_use_fusion_emitters=false"]).strip()
 
+import jax.extend.core as jex  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -55,6 +56,18 @@ def assert_f32_close(actual, expected, *, terms, scale=None):
   atol = terms * F32_EPS * scale
   np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=atol,
                              err_msg=f"terms={terms}, scale={scale:.4g}, atol={atol:.3g}")
+
+
+def jaxpr_shapes(jaxpr):
+  """Shapes of every intermediate of a jaxpr, inside nested jaxprs (jit, custom_vjp) too."""
+  for eqn in jaxpr.eqns:
+    yield from (v.aval.shape for v in eqn.outvars)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, jex.ClosedJaxpr):
+          yield from jaxpr_shapes(sub.jaxpr)
+        elif isinstance(sub, jex.Jaxpr):
+          yield from jaxpr_shapes(sub)
 
 
 def lm_terms(cfg, t, layers=None):

@@ -1,7 +1,6 @@
 """Induced set attention (ISAB): a plain numpy reference, and no T x T array anywhere."""
 
 import jax
-import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import pytest
 from latent_attention.attention import AttentionConfig
 from latent_attention.attention.induced import AttentionBlock, InducedSetAttention
 
-from conftest import assert_f32_close
+from conftest import assert_f32_close, jaxpr_shapes
 
 D, M, T = 16, 3, 37  # T differs from every other dim, so a T x T array is unmistakable.
 # Two MABs, each: projections over D=16, q.k over H=4, softmax and sum over T=37 (M=3) keys,
@@ -73,18 +72,6 @@ def test_matches_numpy_reference(kind, norm, num_kv_heads):
   assert_f32_close(out_BTD, expected, terms=ISAB_TERMS)  # One ISAB: see ISAB_TERMS.
 
 
-def _shapes(jaxpr):
-  """Shapes of every intermediate, including those inside nested jaxprs (jit, custom_vjp)."""
-  for eqn in jaxpr.eqns:
-    yield from (v.aval.shape for v in eqn.outvars)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        if isinstance(sub, jex.ClosedJaxpr):
-          yield from _shapes(sub.jaxpr)
-        elif isinstance(sub, jex.Jaxpr):
-          yield from _shapes(sub)
-
-
 def _max_t_dims(module, x_BTD):
   params = jax.eval_shape(module.init, jax.random.key(0), x_BTD)["params"]
 
@@ -92,7 +79,7 @@ def _max_t_dims(module, x_BTD):
     return module.apply({"params": params}, x_BTD).sum()
 
   jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(params, x_BTD).jaxpr
-  return max(sum(d == T for d in shape) for shape in _shapes(jaxpr))
+  return max(sum(d == T for d in shape) for shape in jaxpr_shapes(jaxpr))
 
 
 @pytest.mark.parametrize("kind", ["mha", "mla"])

@@ -3,7 +3,6 @@ materialise every head's queries, keys and values from the parameters; GLA with 
 is MLA; TPA decodes from its factors without forming K or V."""
 
 import jax
-import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from latent_attention.attention.rope import inv_frequencies
 from latent_attention.models import build_model
 from latent_attention.models.decoding import init_cache
 
-from conftest import assert_f32_close, tiny_lm_config
+from conftest import assert_f32_close, jaxpr_shapes, tiny_lm_config
 
 B, T, D = 2, 9, 32
 
@@ -109,18 +108,6 @@ def test_tpa_equals_queries_keys_values_materialised_from_factors(ranks):
   assert_f32_close(out, expected, terms=2 * D + 6 + 6 + T + 24)
 
 
-def _shapes(jaxpr):
-  """Shapes of every intermediate, inside nested jaxprs too."""
-  for eqn in jaxpr.eqns:
-    yield from (v.aval.shape for v in eqn.outvars)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        if isinstance(sub, jex.ClosedJaxpr):
-          yield from _shapes(sub.jaxpr)
-        elif isinstance(sub, jex.Jaxpr):
-          yield from _shapes(sub)
-
-
 def test_tpa_decode_step_never_forms_keys_or_values():
   """A one-token step over a 37-slot cache: no intermediate holds S x N x H numbers (N = 4,
   H = 6, S = 37 are distinct sizes), while a full forward pass of 37 tokens does."""
@@ -135,10 +122,10 @@ def test_tpa_decode_step_never_forms_keys_or_values():
   def expanded(shape):
     return 37 in shape and 4 in shape and 6 in shape
 
-  assert not any(expanded(s) for s in _shapes(step.jaxpr))
+  assert not any(expanded(s) for s in jaxpr_shapes(step.jaxpr))
   full = jax.make_jaxpr(lambda p, tok: model.apply({"params": p}, tok))(
       params, jnp.zeros((1, 37), jnp.int32))
-  assert any(expanded(s) for s in _shapes(full.jaxpr))  # the check can see an expansion.
+  assert any(expanded(s) for s in jaxpr_shapes(full.jaxpr))  # the check can see an expansion.
 
 
 def test_gla_with_one_latent_head_is_mla():
