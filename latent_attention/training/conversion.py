@@ -60,7 +60,6 @@ def convert_workdir(source: str, out: str, *, kv_lora_rank: int, rope_dims: int,
   start = time.perf_counter()
   exp, params, step = evaluate.restore_experiment(source)
   saved = exp.config.to_dict()
-  mla_conversion.check_request(saved["model"], kv_lora_rank, rope_dims, method)
   params = jax.device_get(params)
   model_cfg, new_params, layers = mla_conversion.convert(
       params, exp.model, saved["model"], calibration_batches(exp, num_batches),
