@@ -34,11 +34,13 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Evaluate at this context lengt
 _OVERRIDE = flags.DEFINE_multi_string(
     "override", [], "A saved-config field to change before evaluating, as dotted.key=value "
     "(repeatable), e.g. model.attention.rope_scaling=yarn.")
+_INITIALIZE_DISTRIBUTED = cli.define_distributed_flags()  # a model too big for one host.
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
+  _INITIALIZE_DISTRIBUTED()
   overrides = {}
   for item in _OVERRIDE.value:
     key, sep, value = item.partition("=")

@@ -3,6 +3,10 @@ r"""Trains a model from a config file, resuming from the workdir's latest checkp
   python train.py --config=configs/lm_shakespeare.py:mla --workdir=/tmp/lm_mla \
       --config.train.num_steps=500
 
+Multi-process (every process runs the same command; scripts/launch_local.py starts N on one
+machine): --jax_distributed alone lets JAX detect the job on SLURM, Open MPI or a Cloud TPU
+slice; elsewhere pass --coordinator_address=host:port --num_processes=N --process_id=i.
+
 A user error (bad flag, config, workdir, missing dataset) ends with one line on stderr;
 --traceback shows the full traceback.
 """
@@ -17,16 +21,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and argument, e.g. configs/lm_shakespeare.py:mla.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, results.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "jax_distributed", False, "Call jax.distributed.initialize() first (multi-host launch).")
+_INITIALIZE_DISTRIBUTED = cli.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  if _DISTRIBUTED.value:
-    import jax
-    jax.distributed.initialize()
+  _INITIALIZE_DISTRIBUTED()
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get("sample"):
     print(result["sample"])

@@ -10,6 +10,7 @@ import difflib
 import os
 import sys
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 
@@ -62,6 +63,53 @@ def run(main, config_flag: str | None = None) -> None:
       fail(one_line(e))
 
   app.run(wrapped, flags_parser=parse)
+
+
+def define_distributed_flags():
+  """Defines --jax_distributed, --coordinator_address, --num_processes and --process_id.
+
+  Returns `initialize()`, for main to call before any JAX computation: with --jax_distributed
+  (implied by any of the other three) it starts JAX's multi-process runtime with the values
+  given; JAX detects the others on SLURM, Open MPI and Cloud TPU slices.
+  """
+  enable = flags.DEFINE_bool(
+      "jax_distributed", False, "Run as one process of a multi-process job: call "
+      "jax.distributed.initialize() first (implied by the next three flags).")
+  address = flags.DEFINE_string(
+      "coordinator_address", None, "host:port of process 0's coordinator service, the same "
+      "for every process (default: detected on SLURM, Open MPI, a Cloud TPU slice).")
+  num_processes = flags.DEFINE_integer(
+      "num_processes", None, "Processes in the job (default: detected).", lower_bound=1)
+  process_id = flags.DEFINE_integer(
+      "process_id", None, "This process's index, 0..num_processes-1 (default: detected).",
+      lower_bound=0)
+
+  def initialize() -> None:
+    given = {"coordinator_address": address.value, "num_processes": num_processes.value,
+             "process_id": process_id.value}
+    if not enable.value and all(v is None for v in given.values()):
+      return
+    check_distributed(**given)
+    try:
+      jax.distributed.initialize(**given)
+    except ValueError as e:  # JAX names a value that neither the flags nor the cluster gave.
+      raise ValueError(f"--jax_distributed: {one_line(e)} No SLURM, Open MPI or Cloud TPU "
+                       "environment was detected: pass --coordinator_address=host:port, "
+                       "--num_processes and --process_id") from e
+
+  return initialize
+
+
+def check_distributed(coordinator_address, num_processes, process_id) -> None:
+  """One-line errors for distributed flags that cannot work together."""
+  if coordinator_address is not None:
+    host, sep, port = coordinator_address.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+      raise ValueError(f"--coordinator_address={coordinator_address} is invalid: expected "
+                       "host:port with a port in 1..65535, e.g. 10.0.0.1:8476")
+  if None not in (num_processes, process_id) and process_id >= num_processes:
+    raise ValueError(f"--process_id={process_id} is invalid: must be in 0..{num_processes - 1} "
+                     f"(--num_processes={num_processes})")
 
 
 def explain_flags(argv, name: str | None) -> str | None:
