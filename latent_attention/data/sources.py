@@ -1,9 +1,13 @@
 """Grain random-access sources and the loader shared by every dataset.
 
 TFDS datasets are read with `tfds.data_source` (ArrayRecord, random access); no TensorFlow is
-imported on the input path. Training loaders shuffle with a seeded `grain.IndexSampler` sharded
-by JAX process, so the stream is deterministic and its position is checkpointed with the model.
+imported on the input path. Training loaders shuffle with a seeded `grain.IndexSampler` and each
+JAX process reads its slice of every global batch (`BatchSlices`), so the stream is
+deterministic, the same on any number of processes, and its position is checkpointed with the
+model.
 """
+
+import functools
 
 import grain.python as grain
 import jax
@@ -58,21 +62,47 @@ class ArrayRecords(grain.RandomAccessDataSource):
     return {name: array[i] for name, array in self.arrays.items()}
 
 
+class BatchSlices:
+  """A grain sampler: this process's slice of every global batch of one endless shuffle.
+
+  Global batch j is positions j*B .. j*B+B-1 of a seeded shuffle of the records, whatever the
+  process count; process i reads rows i*b .. i*b+b-1 of it (b = B / processes), which
+  `jax.make_array_from_process_local_data` puts back together. A run thus trains on the same
+  batches on one process or many (grain's ShardByJaxProcess would shuffle a contiguous share
+  of the records per process instead: another stream for every process count).
+  """
+
+  def __init__(self, num_records: int, batch_size: int, seed: int):
+    self._shuffle = grain.IndexSampler(num_records=num_records, shuffle=True, num_epochs=None,
+                                       seed=seed, shard_options=grain.NoSharding())
+    self._batch, self._local = batch_size, per_process_batch(batch_size)
+    self._first = jax.process_index() * self._local
+
+  def __len__(self):
+    return len(self._shuffle)
+
+  def __repr__(self):
+    # Grain checks a restored iterator's sampler by its repr: another process count refuses.
+    return (f"BatchSlices({self._shuffle!r}, batch={self._batch}, "
+            f"rows={self._first}..{self._first + self._local - 1})")
+
+  def __getitem__(self, i):
+    j, r = divmod(int(i), self._local)
+    return self._shuffle[j * self._batch + self._first + r]
+
+
 class ArrayBatches(grain.RandomAccessDataSource):
   """Record j = this process's j-th batch of an endless shuffled pass over `ArrayRecords`.
 
   Batch j gathers the records that `train_loader` would batch as its j-th batch (the same
-  seeded `grain.IndexSampler`, read the way grain's DataLoader reads it), so the stream is the
-  same, at one Python call and one numpy gather per batch instead of per record.
+  `BatchSlices`), so the stream is the same, at one Python call and one numpy gather per batch
+  instead of per record.
   """
 
   def __init__(self, records: ArrayRecords, batch_size: int, seed: int):
     self._records, self._seed = records, seed
     self._local = per_process_batch(batch_size)
-    self._sampler = grain.IndexSampler(
-        num_records=len(records), shuffle=True, num_epochs=None, seed=seed,
-        shard_options=grain.ShardByJaxProcess(drop_remainder=True))
-    self._shard, self._shards = jax.process_index(), jax.process_count()
+    self._sampler = BatchSlices(len(records), batch_size, seed)
 
   def __len__(self):
     return 2 ** 62  # endless; a step count, not an epoch, ends training.
@@ -82,8 +112,7 @@ class ArrayBatches(grain.RandomAccessDataSource):
 
   def __getitem__(self, j):
     first = int(j) * self._local
-    keys = [self._sampler[(first + r) * self._shards + self._shard].record_key
-            for r in range(self._local)]
+    keys = [self._sampler[first + r].record_key for r in range(self._local)]
     return {name: array[keys] for name, array in self._records.arrays.items()}
 
 
@@ -98,12 +127,11 @@ def array_train_loader(records: ArrayRecords, batch_size: int, seed: int,
 
 def train_loader(source, batch_size: int, seed: int, operations=(), worker_count: int = 0):
   """Infinite shuffled loader yielding this process's share of each global batch."""
-  local_batch = per_process_batch(batch_size)
-  sampler = grain.IndexSampler(
-      num_records=len(source), shuffle=True, num_epochs=None, seed=seed,
-      shard_options=grain.ShardByJaxProcess(drop_remainder=True))
+  sampler = BatchSlices(len(source), batch_size, seed)
   return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
-                          operations=[*operations, grain.Batch(local_batch, drop_remainder=True)])
+                          shard_options=grain.NoSharding(), operations=[
+                              *operations,
+                              grain.Batch(per_process_batch(batch_size), drop_remainder=True)])
 
 
 def eval_batches(source, batch_size: int, operations=()):
@@ -121,6 +149,9 @@ def eval_batches(source, batch_size: int, operations=()):
     rows = [source[j] for j in indices[b * local_batch:(b + 1) * local_batch]]
     for op in operations:
       rows = [op.map(r) for r in rows]
+    if not rows:  # the last shard is the shortest: the others may still fill this batch.
+      first = functools.reduce(lambda row, op: op.map(row), operations, source[0])
+      rows = [{k: np.zeros_like(v) for k, v in first.items()}]  # weight 0, like the padding.
     yield pad_batch(rows, local_batch)
 
 
