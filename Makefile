@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/lm_shakespeare_mla
 # Parallel test workers: one per core (pytest-xdist); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto
 
-.PHONY: venv train test eval lock clean
+.PHONY: venv train train-multiprocess test eval lock clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ $(VENV)/.installed: requirements.lock
 train: venv  ## Train the default config (MLA on tiny_shakespeare), evaluate, print a sample.
 	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 	$(PY) eval.py --workdir=$(WORKDIR)
+
+train-multiprocess: venv  ## `train` as 2 local processes of 2 CPU devices, in $(WORKDIR)_2proc.
+	$(PY) scripts/launch_local.py --num_processes=2 --devices_per_process=2 -- \
+	  --config=$(CONFIG) --workdir=$(WORKDIR)_2proc
+	$(PY) eval.py --workdir=$(WORKDIR)_2proc
 
 eval: venv  ## Evaluate the latest checkpoint of $(WORKDIR) (eval_results.json there).
 	$(PY) eval.py --workdir=$(WORKDIR)
