@@ -35,16 +35,26 @@ def _decode(model, params, tokens_BT, chunks, jit):
 
 
 def _check_decode(cfg, chunks, jit):
+  """Decodes `chunks` tokens of 2 sequences; returns the cache left behind."""
   model, params, tokens_BT = _setup(cfg, t=sum(chunks))
-  full_BTV = model.apply({"params": params}, tokens_BT)
-  decoded_BTV, _ = _decode(model, params, tokens_BT, chunks, jit)
+  full_BTV = jax.jit(model.apply)({"params": params}, tokens_BT)
+  decoded_BTV, cache = _decode(model, params, tokens_BT, chunks, jit)
   # The whole LM over t keys (conftest.lm_terms), relative to max |logits|.
   assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(cfg, tokens_BT.shape[1]))
+  return cache
 
 
-def test_decode_matches_full_forward(lm_variant):
-  """Prefill, single steps and a multi-token step, jitted, for every variant."""
-  _check_decode(lm_variant, (4, 1, 1, 3, 1), jit=True)
+def test_decode_matches_full_forward_and_cache_bytes_equal_formula(lm_variant):
+  """Prefill, single steps and a multi-token step, jitted, for every variant; the cache they
+  fill, and the one-sequence (no batch axis) and bfloat16 layouts, hold the formula's bytes."""
+  cache = _check_decode(lm_variant, (4, 1, 1, 3, 1), jit=True)
+  assert kv_cache_bytes(cache) == kv_cache_formula_bytes(lm_variant, 10, 2)
+  one = jax.eval_shape(lambda: init_cache(build_model(lm_variant), 1, 5))
+  assert kv_cache_bytes(one) == kv_cache_formula_bytes(lm_variant, 5, 1)
+  bf16 = tiny_lm_config(**lm_variant.attention.to_dict())
+  bf16.dtype = "bfloat16"
+  shapes = jax.eval_shape(lambda: init_cache(build_model(bf16), 2, 7))
+  assert kv_cache_bytes(shapes) == kv_cache_formula_bytes(bf16, 7, 2, jnp.bfloat16)
 
 
 @pytest.mark.parametrize("variant", [
@@ -68,19 +78,6 @@ def test_long_prefill_in_query_chunks_then_steps_matches_full_forward(variant, m
   full_BTV = model.apply({"params": params}, tokens_BT)
   decoded_BTV, _ = _decode(model, params, tokens_BT, (196, 1, 1, 1, 1), jit=True)
   assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(cfg, tokens_BT.shape[1]))
-
-
-def test_cache_bytes_equal_formula(lm_variant):
-  for b, t in [(1, 5), (3, 8)]:
-    model, params, tokens_BT = _setup(lm_variant, b=b, t=t)
-    # The cache a prefill leaves behind, traced for its shapes only (nothing computed).
-    cache = jax.eval_shape(lambda p, x: _decode(model, p, x, (t,), jit=False)[1], params,
-                           tokens_BT)
-    assert kv_cache_bytes(cache) == kv_cache_formula_bytes(lm_variant, t, b)
-  bf16 = tiny_lm_config(**lm_variant.attention.to_dict())
-  bf16.dtype = "bfloat16"
-  shapes = init_cache(build_model(bf16), 2, 7)
-  assert kv_cache_bytes(shapes) == kv_cache_formula_bytes(bf16, 7, 2, jnp.bfloat16)
 
 
 @pytest.mark.parametrize("variant", [("gqa", {"num_kv_heads": 2}),
