@@ -1,12 +1,13 @@
 r"""Train-step and decode speed of a config (a benchmark, not a test).
 
-  python scripts/benchmark.py --config=configs/lm_shakespeare.py:nanogpt_cpu --peak_tflops=1.0
+  python scripts/benchmark.py --config=configs/lm_shakespeare.py:nanogpt_cpu
   python scripts/benchmark.py --config=configs/lm_shakespeare.py:mha,nanogpt_cpu --profile
 
 Prints the median wall time of the jitted train step after warm-up (block_until_ready on
-every step), tokens/s, XLA-counted FLOPs per token and model FLOPs utilisation against
---peak_tflops, the time per step of the whole input pipeline + step loop, and the decode
-tokens/s of cached generation. --profile adds where the train step's time goes: per-op times
+every step), tokens/s, XLA-counted FLOPs per token and model FLOPs utilisation (against
+--peak_tflops, else a known GPU/TPU's data sheet, else a measured matmul: training/peaks.py),
+the time per step of the whole input pipeline + step loop, and the decode tokens/s of cached
+generation. --profile adds where the train step's time goes: per-op times
 from a jax.profiler trace of --profile_steps steps, split into forward, backward and optimizer
 (training/step_profile.py), and the top ops. Writes the numbers as JSON with --output.
 """
@@ -26,8 +27,9 @@ _STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after --warmup)."
                              lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps first (compilation included).",
                               lower_bound=0)
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 = skip MFU).",
-                          lower_bound=0.0)
+_PEAK = flags.DEFINE_float(
+    "peak_tflops", 0.0, "Peak TFLOP/s of one device for MFU; 0 = the data sheet of a known "
+    "GPU/TPU, else a measured matmul (training/peaks.py).", lower_bound=0.0)
 _DECODE = flags.DEFINE_integer("decode_tokens", 128, "Tokens generated for decode speed.",
                               lower_bound=1)
 _PROFILE = flags.DEFINE_bool("profile", False, "Also print a per-op profile of the train step.")

@@ -24,7 +24,12 @@ def test_benchmark_profile_runs_and_splits_the_step(tmp_path):
        f"--output={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "top ops (summed over layers" in proc.stdout
-  profile = json.loads(out.read_text())["profile"]
+  result = json.loads(out.read_text())
+  # MFU against this CPU's measured matmul; no cuDNN kernel off a GPU.
+  assert 0 < result["mfu"] < 1.5 and result["peak_source"].startswith("measured float32")
+  assert result["mfu"] == result["achieved_tflops"] / result["peak_tflops"]
+  assert result["cudnn_attention_calls"] == 0
+  profile = result["profile"]
   by_category = profile["by_category"]
   assert set(by_category) == {"forward", "backward", "optimizer and other"}
   assert min(by_category.values()) > 0

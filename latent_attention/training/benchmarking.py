@@ -1,18 +1,20 @@
 """Train-step and decode timing (docs/design.md: step time = median jitted step after warm-up)."""
 
+import re
 import statistics
 import time
 
 import jax
 
 from latent_attention.training import evaluate as evaluate_lib
-from latent_attention.training import loop, step_profile
+from latent_attention.training import loop, peaks, step_profile
 
 
 def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0,
               decode_tokens: int = 128, profile_steps: int = 0) -> dict:
-  """Median train-step time, tokens/s, XLA FLOPs per token, MFU and decode tokens/s; with
-  profile_steps, also the per-op profile of that many steps (`step_profile.profile`)."""
+  """Median train-step time, tokens/s, XLA FLOPs per token, MFU (against `peak_tflops` per
+  device, or training/peaks.py's) and decode tokens/s; with profile_steps, also the per-op
+  profile of that many steps (`step_profile.profile`)."""
   exp = loop.setup(config)
   data_iter = iter(exp.dataset.train_loader(config.train.batch_size, config.seed))
   state = exp.init_state(jax.random.key(config.seed))
@@ -20,6 +22,10 @@ def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0
   compiled = exp.train_step.lower(state, batch).compile()
   tokens = config.train.batch_size * exp.dataset.tokens_per_example()
   flops_per_token = loop.xla_flops(compiled) / tokens
+  # cuDNN's fused (flash) attention appears as custom calls in the compiled step: the check
+  # that the core's "cudnn" choice (attention/core.py) reached the GPU kernel.
+  cudnn_attention_calls = len(re.findall(r'custom_call_target="__cudnn\$fmha',
+                                         compiled.as_text()))
   for _ in range(warmup):
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
@@ -38,9 +44,11 @@ def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0
   out = {"device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
          "step_time_s": step, "pipeline_step_time_s": pipeline_step,
          "tokens_per_s": tokens / step, "train_flops_per_token": flops_per_token,
-         "achieved_tflops": flops_per_token * tokens / step / 1e12}
-  if peak_tflops:
-    out["mfu"] = out["achieved_tflops"] / peak_tflops
+         "achieved_tflops": flops_per_token * tokens / step / 1e12,
+         "cudnn_attention_calls": cudnn_attention_calls}
+  peak, out["peak_source"] = peaks.peak_tflops(config.model.get("dtype", "float32"),
+                                               peak_tflops)
+  out["peak_tflops"], out["mfu"] = peak, out["achieved_tflops"] / peak
   if decode_tokens and exp.dataset.task == "lm" and hasattr(exp.model, "cache_elements"):
     out["decode_tokens_per_s"] = evaluate_lib.decode_speed(
         exp, state.params, max(1, config.data.seq_len // 2), decode_tokens)

@@ -103,8 +103,11 @@ def checked_step(workdir: str, mngr, step: int | None) -> int:
   return step
 
 
-def replicated_abstract(tree, sharding):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def abstract(tree, shardings):
+  """Shapes and dtypes of `tree` placed like `shardings` (a tree of the same structure): what
+  to restore into, whatever layout the checkpoint was saved from."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
 
 
 def dump_json(path: str, obj) -> None:

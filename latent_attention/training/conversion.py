@@ -73,7 +73,7 @@ def convert_workdir(source: str, out: str, *, kv_lora_rank: int, rope_dims: int,
   got = jax.tree.map(lambda x: (x.shape, x.dtype), new_params)
   if want != got:  # a bug in the mapping, never the user's input.
     raise AssertionError(f"converted parameters do not fit the MLA model: {got} vs {want}")
-  state = state.replace(params=jax.device_put(new_params, new.replicated))
+  state = state.replace(params=jax.device_put(new_params, new.state_sharding.params))
   mngr = checkpoint.manager(out)
   try:
     data_iter = iter(new.dataset.train_loader(config["train"]["batch_size"], config["seed"]))

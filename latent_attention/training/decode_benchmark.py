@@ -86,9 +86,9 @@ def read_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
   return x.nbytes / _fastest(lambda x: x.sum(axis=1), x, repeats)
 
 
-def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of a jitted float32 n x n matmul: the compute rate a decode step is held to."""
-  return 2 * n ** 3 / _fastest(lambda a: a @ a, jnp.ones((n, n), jnp.float32), repeats)
+def matmul_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+  """FLOP/s of a jitted n x n matmul: the compute rate a decode step is held to."""
+  return 2 * n ** 3 / _fastest(lambda a: a @ a, jnp.ones((n, n), dtype), repeats)
 
 
 def _tree_bytes(tree) -> int:

@@ -72,9 +72,13 @@ def restore_experiment(workdir: str, step: int | None = None, overrides: dict | 
 
 def _restore(mngr, step: int, overrides: dict):
   saved_config, metadata = checkpoint.read_json(mngr, step)
-  exp = loop.setup(config_files.from_dict(override_config(saved_config, overrides)), metadata)
-  abstract = checkpoint.replicated_abstract(
-      jax.eval_shape(exp.init_state, jax.random.key(0)), exp.replicated)
+  config = override_config(saved_config, overrides)
+  if jax.device_count() % config["train"].get("fsdp", 1):
+    # Trained on more devices than this process sees: Orbax restores into any layout.
+    config["train"]["fsdp"] = 1
+  exp = loop.setup(config_files.from_dict(config), metadata)
+  abstract = checkpoint.abstract(jax.eval_shape(exp.init_state, jax.random.key(0)),
+                                 exp.state_sharding)
   return exp, checkpoint.restore(mngr, step, abstract)
 
 

@@ -1,8 +1,9 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind train.py and the sweeps.
 
-Data parallel over a 1-D `jax.sharding.Mesh` ('data'): the batch is sharded, params and
-optimizer state are replicated, so the same code runs on one CPU, several GPUs or a TPU slice
-(multi-host: each process feeds its share of the global batch).
+Data parallel over a ('data', 'fsdp') mesh (training/sharding.py): the batch is split over
+every device; params and optimizer state are replicated, or split over the 'fsdp' axis with
+`train.fsdp` > 1. The same code runs on one CPU, several GPUs or a TPU slice (multi-host: each
+process feeds its share of the global batch).
 """
 
 import dataclasses
@@ -22,8 +23,8 @@ from tqdm import tqdm
 from latent_attention.data import CharLM, make_dataset
 from latent_attention.models import build_model
 from latent_attention.models.decoding import generate
-from latent_attention.training import (checkpoint, metrics as metrics_lib, resume,
-                                       state as state_lib, steps)
+from latent_attention.training import (checkpoint, metrics as metrics_lib, peaks, resume,
+                                       sharding, state as state_lib, steps)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,7 +41,7 @@ class Experiment:
   optimizer: Any
   mesh: jax.sharding.Mesh
   data_sharding: NamedSharding
-  replicated: NamedSharding
+  state_sharding: Any  # a NamedSharding per train-state array (training/sharding.py).
   init_state: Callable
   train_step: Callable
   eval_step: Callable
@@ -68,18 +69,20 @@ def setup(config, metadata: dict | None = None) -> Experiment:
                        f"divisible by the {n_dev} devices")
   model = build_model(config.model)
   optimizer = state_lib.make_optimizer(config.train)
-  mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  mesh = sharding.make_mesh(config.train.get("fsdp", 1))
+  data_sharding, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
   example = jnp.zeros((1, *dataset.input_shape()), dataset.input_dtype)
-  init_state = jax.jit(functools.partial(state_lib.create_state, model=model,
-                                         optimizer=optimizer, example_inputs=example),
-                       out_shardings=replicated)
+  create = functools.partial(state_lib.create_state, model=model, optimizer=optimizer,
+                             example_inputs=example)
+  state_sharding = sharding.state_sharding(jax.eval_shape(create, jax.random.key(0)), mesh)
+  init_state = jax.jit(create, out_shardings=state_sharding)
   train_step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer),
-                       in_shardings=(replicated, data_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+                       in_shardings=(state_sharding, data_sharding),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps.eval_step, model=model),
-                      in_shardings=(replicated, data_sharding), out_shardings=replicated)
-  return Experiment(config, dataset, model, optimizer, mesh, data_sharding, replicated,
+                      in_shardings=(state_sharding.params, data_sharding),
+                      out_shardings=replicated)
+  return Experiment(config, dataset, model, optimizer, mesh, data_sharding, state_sharding,
                     init_state, train_step, eval_step)
 
 
@@ -137,9 +140,14 @@ class StopFlag:
 
 
 def xla_flops(compiled) -> float:
+  """FLOPs of one call of a program on all its devices. A compiled SPMD program's count is of
+  the per-device program, which every device of its shardings runs; a lowered (not yet
+  partitioned) program's is already the whole computation's."""
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  return float((analysis or {}).get("flops", float("nan")))
+  shardings = jax.tree.leaves(getattr(compiled, "input_shardings", ()))
+  devices = len(shardings[0].device_set) if shardings else 1
+  return devices * float((analysis or {}).get("flops", float("nan")))
 
 
 def _resume(config, workdir: str, mngr):
@@ -163,7 +171,7 @@ def _resume(config, workdir: str, mngr):
     data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
     try:
       state = checkpoint.restore(
-          mngr, step, checkpoint.replicated_abstract(state, exp.replicated), data_iter)
+          mngr, step, checkpoint.abstract(state, exp.state_sharding), data_iter)
     except Exception as e:  # pylint: disable=broad-except
       unreadable[step] = e
       continue
@@ -204,8 +212,7 @@ def _params_from(source: str, exp, state):
       raise ValueError(f"train.init_from={source}: its parameters (step {step}) are not this "
                        f"model's; first difference: {diff[0]} (saved {have.get(diff[0])}, this "
                        f"model {want.get(diff[0])})")
-    restored = checkpoint.restore(src, step, checkpoint.replicated_abstract(state,
-                                                                            exp.replicated))
+    restored = checkpoint.restore(src, step, checkpoint.abstract(state, exp.state_sharding))
   finally:
     src.close()
   logging.info("Initialised from %s (step %d): parameters only, training starts at step 0",
@@ -242,8 +249,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if batch is not None:
         compiled = exp.train_step.lower(state, batch).compile()
         flops = xla_flops(compiled) / progress.tokens_per_step
-        logging.info("XLA FLOPs per token of the train step: %.4g", flops)
-        writer.write(start, "model", {"params": n_params, "train_flops_per_token": flops})
+        peak, source = peaks.peak_tflops(config.model.get("dtype", "float32"))
+        progress.flops_per_token, progress.peak_flops = flops, peak * 1e12
+        logging.info("XLA FLOPs per token of the train step: %.4g; MFU against %.4g TFLOP/s "
+                     "(%s)", flops, peak, source)
+        writer.write(start, "model", {"params": n_params, "train_flops_per_token": flops,
+                                      "peak_tflops": peak})
       window = []
       progress.start()
       for step in range(start, tcfg.num_steps):

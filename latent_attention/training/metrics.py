@@ -71,6 +71,7 @@ class Progress:
     self._rates = {"tokens_per_s": math.nan, "examples_per_s": math.nan, "step_ms": math.nan}
     self._t0 = self._t_last = None
     self._last_step = start_step
+    self.flops_per_token = self.peak_flops = math.nan  # set once the step is compiled.
 
   def start(self) -> None:
     self._t0 = self._t_last = time.perf_counter()
@@ -90,6 +91,9 @@ class Progress:
     self._rates = {"tokens_per_s": steps * self.tokens_per_step / seconds,
                    "examples_per_s": steps * self.batch_size / seconds,
                    "step_ms": 1e3 * seconds / max(steps, 1)}
+    # Model FLOPs utilisation (training/peaks.py): achieved FLOP/s over the devices' peak.
+    self._rates["mfu"] = (self._rates["tokens_per_s"] * self.flops_per_token
+                          / self.peak_flops)
     return dict(self._rates)
 
   def eta(self, step: int) -> float:
@@ -102,7 +106,10 @@ class Progress:
     return f"loss {loss:.4f}, {self._rates[self.unit + '_per_s']:,.0f} {self.unit}/s"
 
   def line(self, step: int, loss: float) -> str:
-    """`step 200/1500 (13%): loss 1.8234, 14,012 tokens/s, 45.1 ms/step, ETA 1m02s`."""
+    """`step 200/1500 (13%): loss 1.8234, 14,012 tokens/s, 45.1 ms/step, MFU 2.1%, ETA 1m02s`
+    (MFU only once it is known)."""
+    mfu = self._rates.get("mfu", math.nan)
+    mfu = f"MFU {100 * mfu:.1f}%, " if math.isfinite(mfu) else ""
     return (f"step {step}/{self.total} ({100 * step // max(self.total, 1)}%): "
-            f"{self.postfix(loss)}, {self._rates['step_ms']:.1f} ms/step, "
+            f"{self.postfix(loss)}, {self._rates['step_ms']:.1f} ms/step, {mfu}"
             f"ETA {format_duration(self.eta(step))}")

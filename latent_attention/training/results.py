@@ -37,6 +37,7 @@ COLUMNS = (
     ("kv_vs_mha", "KV vs mha", "{:.3f}x"),
     ("step_time_ms", "step time (ms)", "{:.1f}"),
     ("tokens_per_s", "train tokens/s", "{:,.0f}"),
+    ("mfu", "MFU", "{:.1%}"),
     ("decode_tokens_per_s", "decode tokens/s", "{:,.0f}"),
     ("decode_ms_per_step", "decode ms/step (benchmark)", "{:.2f}"),
     ("decode_x_bound", "decode x bound", "{:.1f}x"),
@@ -90,6 +91,7 @@ AGGREGATE_COLUMNS = (
     ("accuracy", "accuracy", "{:.4f}"),
     ("kv_bytes_per_token", "KV bytes/token", "{:,.0f}"),
     ("step_time_ms", "step time (ms, median)", "{:.1f}"),
+    ("mfu", "MFU (median)", "{:.1%}"),
 )
 
 

@@ -17,7 +17,7 @@ QUALITY = ("eval_loss", "perplexity", "bits_per_char", "bits_per_token", "accura
 DESCRIPTIVE = ("name", "kind", "sizes", "mlp_dim", "params", "kv_bytes_per_token",
                "kv_formula_bytes_per_token", "eval_split")
 # Aggregated as the median over seeds: timings, where one slow seed (a busy machine) is noise.
-TIMINGS = ("step_time_ms", "tokens_per_s", "decode_tokens_per_s", "decode_ms_per_step",
+TIMINGS = ("step_time_ms", "tokens_per_s", "mfu", "decode_tokens_per_s", "decode_ms_per_step",
            "decode_x_bound")
 CONFIDENCE = 0.95
 

@@ -306,6 +306,7 @@ def _measured(config, run_dir, evaluated, timed, wall) -> dict:
       "kv_bytes_per_token": evaluated.get("kv_cache_bytes_per_token"),
       "kv_formula_bytes_per_token": evaluated.get("kv_cache_formula_bytes_per_token"),
       "step_time_ms": 1e3 * timed["step_time_s"], "tokens_per_s": timed["tokens_per_s"],
+      "mfu": timed.get("mfu"),
       "decode_tokens_per_s": evaluated.get("decode_tokens_per_s"),
       # This invocation's train_and_evaluate: compilation and periodic evals included.
       "train_wall_s": wall,

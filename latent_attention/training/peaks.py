@@ -1,0 +1,58 @@
+"""Device peak FLOP/s, the denominator of model FLOPs utilisation (MFU).
+
+MFU (Chowdhery et al. 2022, PaLM, appendix B) = achieved FLOP/s of the train step / the peak of
+the devices it runs on. Achieved FLOP/s is XLA's count of the compiled step's FLOPs (forward,
+backward and optimizer; this codebase rematerialises nothing, so it is the model's FLOPs plus
+the elementwise work) divided by the step time (docs/design.md, Measurements).
+
+Peaks are per chip, dense (no 2:4 sparsity), from the vendors' data sheets. On these GPUs a
+float32 matmul at JAX's default precision runs on the TF32 tensor cores, and on TPUs as one
+bfloat16 pass, so float32 is held to those rates. Any other device (a CPU, say) is held to a
+measured jitted matmul of the compute dtype; `--peak_tflops` overrides both.
+"""
+
+import functools
+
+import jax
+
+from latent_attention.training import decode_benchmark
+
+# (device_kind prefix, bfloat16 TFLOP/s, float32 TFLOP/s), most specific prefix first.
+_PEAKS = (
+    ("NVIDIA H200", 989.4, 494.7),  # SXM, as the H100 SXM (more and faster memory only).
+    ("NVIDIA H100 PCIe", 756.5, 378.0),
+    ("NVIDIA H100", 989.4, 494.7),  # SXM ("NVIDIA H100 80GB HBM3").
+    ("NVIDIA A100", 312.0, 156.0),
+    ("TPU v4", 275.0, 275.0),
+    ("TPU v5 lite", 197.0, 197.0),  # v5e.
+    ("TPU v5", 459.0, 459.0),  # v5p.
+    ("TPU v6 lite", 918.0, 918.0),  # v6e (Trillium).
+)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def known_peak_tflops(device_kind: str, dtype: str) -> float | None:
+  """The data-sheet peak of one chip (float16 = bfloat16), or None for an unknown device."""
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is invalid: choose one of {', '.join(DTYPES)}")
+  for prefix, half, single in _PEAKS:
+    if device_kind.startswith(prefix):
+      return single if dtype == "float32" else half
+  return None
+
+
+@functools.cache
+def _measured_tflops(dtype: str) -> float:
+  return decode_benchmark.matmul_flops(1024, 3, dtype) / 1e12
+
+
+def peak_tflops(dtype: str, override: float = 0.0) -> tuple[float, str]:
+  """(peak TFLOP/s of all devices together, where the number comes from) for `dtype` compute:
+  `override` per device if set, else the data sheet, else a measured matmul (once a process)."""
+  n, kind = jax.device_count(), jax.devices()[0].device_kind
+  if override:
+    return override * n, "--peak_tflops"
+  known = known_peak_tflops(kind, dtype)
+  if known is not None:
+    return known * n, f"{kind} data sheet, {dtype}"
+  return _measured_tflops(dtype) * n, f"measured {dtype} matmul on {kind}"

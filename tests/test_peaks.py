@@ -1,0 +1,26 @@
+"""The device peaks behind MFU (training/peaks.py)."""
+
+import pytest
+
+from latent_attention.training import peaks
+
+
+@pytest.mark.parametrize("kind,dtype,tflops", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),  # SXM.
+    ("NVIDIA H100 80GB HBM3", "float32", 494.7),  # TF32 tensor cores.
+    ("NVIDIA H100 PCIe", "bfloat16", 756.5),  # not the SXM figure.
+    ("NVIDIA H200", "float16", 989.4),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
+    ("TPU v5 lite", "bfloat16", 197.0),  # v5e, not v5p's 459.
+    ("TPU v5p", "float32", 459.0),
+    ("TPU v6 lite", "bfloat16", 918.0),
+    ("cpu", "float32", None),  # measured instead.
+])
+def test_known_peaks_pick_the_most_specific_device(kind, dtype, tflops):
+  assert peaks.known_peak_tflops(kind, dtype) == tflops
+
+
+def test_override_and_bad_dtype():
+  assert peaks.peak_tflops("float32", override=2.0)[1] == "--peak_tflops"
+  with pytest.raises(ValueError, match=r"^dtype 'int8' is invalid: choose one of float32, "):
+    peaks.known_peak_tflops("NVIDIA H100", "int8")
