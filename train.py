@@ -11,6 +11,7 @@ A user error (bad flag, config, workdir, missing dataset) ends with one line on 
 --traceback shows the full traceback.
 """
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -29,7 +30,7 @@ def main(argv):
   del argv
   _INITIALIZE_DISTRIBUTED()
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if result.get("sample"):
+  if result.get("sample") and jax.process_index() == 0:  # every process samples the same text.
     print(result["sample"])
 
 
