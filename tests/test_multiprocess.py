@@ -128,6 +128,17 @@ def test_each_process_reads_its_slice_of_the_global_batch(monkeypatch):
   assert [k for j in range(3) for h in halves for k in h[4 * j:4 * j + 4]] == whole
 
 
+def test_one_process_keeps_the_stream_and_description_of_the_older_sampler():
+  """Checkpoints saved with grain's ShardByJaxProcess sampler (before BatchSlices) resume:
+  grain compares the samplers' descriptions, and the records must be the same."""
+  old = sources.grain.IndexSampler(
+      num_records=50, shuffle=True, num_epochs=None, seed=3,
+      shard_options=sources.grain.ShardByJaxProcess(drop_remainder=True))
+  new = sources.BatchSlices(50, batch_size=8, seed=3)
+  assert repr(new) == repr(old)
+  assert [new[i].record_key for i in range(120)] == [old[i].record_key for i in range(120)]
+
+
 @pytest.mark.parametrize("flags,error", [
     (dict(process_id=2, num_processes=2),
      "--process_id=2 is invalid: must be in 0..1 (--num_processes=2)"),

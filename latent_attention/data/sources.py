@@ -77,12 +77,20 @@ class BatchSlices:
                                        seed=seed, shard_options=grain.NoSharding())
     self._batch, self._local = batch_size, per_process_batch(batch_size)
     self._first = jax.process_index() * self._local
+    # On one process the stream is the one grain's ShardByJaxProcess sampler gave before
+    # BatchSlices existed: its description lets checkpoints saved then resume.
+    self._single = grain.IndexSampler(
+        num_records=num_records, shuffle=True, num_epochs=None, seed=seed,
+        shard_options=grain.ShardByJaxProcess(drop_remainder=True)
+    ) if jax.process_count() == 1 else None
 
   def __len__(self):
     return len(self._shuffle)
 
   def __repr__(self):
     # Grain checks a restored iterator's sampler by its repr: another process count refuses.
+    if self._single is not None:
+      return repr(self._single)
     return (f"BatchSlices({self._shuffle!r}, batch={self._batch}, "
             f"rows={self._first}..{self._first + self._local - 1})")
 
