@@ -13,7 +13,7 @@ from latent_attention.attention import core
 from latent_attention.models import build_model
 from latent_attention.models.decoding import decode_chunks, generate, init_cache
 
-from conftest import assert_f32_close, lm_terms, tiny_lm_config, variant_id
+from conftest import LM_VARIANTS, assert_f32_close, lm_terms, tiny_lm_config, variant_id
 
 
 _PARAMS = {}  # (config JSON, seed) -> params: one init per variant, shared by this file's tests.
@@ -21,8 +21,10 @@ _PARAMS = {}  # (config JSON, seed) -> params: one init per variant, shared by t
 
 def _setup(cfg, b=2, t=10, seed=0):
   model = build_model(cfg)
-  key = (json.dumps(cfg.to_dict(), sort_keys=True), seed)
-  if key not in _PARAMS:  # LM parameter shapes do not depend on the batch or the length.
+  # Parameters (float32 whatever the compute dtype) depend on neither the batch, the length
+  # nor the dtype.
+  key = (json.dumps({**cfg.to_dict(), "dtype": None}, sort_keys=True), seed)
+  if key not in _PARAMS:
     _PARAMS[key] = jax.jit(model.init)(jax.random.key(seed),
                                        jnp.zeros((1, 4), jnp.int32))["params"]
   tokens_BT = jax.random.randint(jax.random.key(seed + 1), (b, t), 0, cfg.vocab_size)
@@ -55,6 +57,38 @@ def test_decode_matches_full_forward_and_cache_bytes_equal_formula(lm_variant):
   bf16.dtype = "bfloat16"
   shapes = jax.eval_shape(lambda: init_cache(build_model(bf16), 2, 7))
   assert kv_cache_bytes(shapes) == kv_cache_formula_bytes(bf16, 7, 2, jnp.bfloat16)
+
+
+# One per distinct bfloat16 path: MLA's naive and latent modes compute the forward's math.
+BF16_VARIANTS = [v for v in LM_VARIANTS if v[0] != "mla" or v[1].get("mla_decode_mode") ==
+                 "absorbed"]
+
+
+@pytest.mark.parametrize("variant", BF16_VARIANTS, ids=variant_id)
+def test_bfloat16_decodes_like_its_forward_with_float32_params_logits_and_gradients(variant):
+  """model.dtype = bfloat16: parameters, gradients and logits stay float32; decoding equals
+  the bfloat16 forward within bfloat16 rounding; the loss gradient is finite."""
+  cfg = tiny_lm_config(variant[0], **variant[1])
+  cfg.dtype = "bfloat16"
+  model, params, tokens_BT = _setup(cfg, t=10)
+  full_BTV = jax.jit(model.apply)({"params": params}, tokens_BT)
+  decoded_BTV, _ = _decode(model, params, tokens_BT, (4, 1, 1, 3, 1), jit=True)
+  assert full_BTV.dtype == decoded_BTV.dtype == jnp.float32
+  # Both paths round activations, cache and matmul inputs to bfloat16 (eps 2^-7), at different
+  # points: measured <= 1.7 eps x max|logits| over these variants; a decoding bug (another
+  # position's key, a stale cache slot) is O(max|logits|).
+  eps = float(jnp.finfo(jnp.bfloat16).eps)
+  np.testing.assert_allclose(decoded_BTV, full_BTV, rtol=0,
+                             atol=4 * eps * float(jnp.abs(full_BTV).max()))
+
+  def loss(p):
+    logits_BTV = model.apply({"params": p}, tokens_BT[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits_BTV),
+                                         tokens_BT[:, 1:, None], -1))
+
+  grads = jax.jit(jax.grad(loss))(params)
+  for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(grads)):
+    assert p.dtype == g.dtype == jnp.float32 and bool(jnp.isfinite(g).all())
 
 
 @pytest.mark.parametrize("variant", [
