@@ -14,14 +14,16 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from latent_attention.training import checkpoint, config_files, loop, metrics as metrics_lib, steps
+from latent_attention.training import (checkpoint, config_files, decode_drift, loop,
+                                       metrics as metrics_lib, steps)
 from latent_attention.training.evaluate import evaluate_workdir, restore_experiment
 from latent_attention.training.loop import NonFiniteLossError, train_and_evaluate
 
-from conftest import F32_EPS, ROOT, assert_f32_close, runlocal
+from conftest import F32_EPS, ROOT, assert_f32_close, lm_terms, runlocal
 
 def train_losses(workdir):
   return [(m["step"], m["loss"]) for m in metrics_lib.read_metrics(workdir)
@@ -226,3 +228,19 @@ def test_no_readable_checkpoint_stops_without_moving_anything(trained_lm, tmp_pa
     train_and_evaluate(runlocal(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
   assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
+
+
+def test_decode_drift_of_the_trained_mla(trained_lm):
+  """scripts/decode_drift.py's measure: float32 decoding equals the float32 forward to rounding,
+  bfloat16 within its own rounding, whichever MLA decode mode; the reference row is exact."""
+  rows = decode_drift.measure(trained_lm, windows=2)
+  by = {(r["dtype"], r["mode"]): r for r in rows}
+  assert set(by) == {("float32", "full forward"), ("float32", "naive"), ("float32", "absorbed"),
+                     ("bfloat16", "naive"), ("bfloat16", "absorbed"),
+                     ("float32", "absorbed vs naive"), ("bfloat16", "absorbed vs naive")}
+  assert by[("float32", "full forward")]["max_abs_logit_diff_rel"] == 0
+  f32_tol = lm_terms(runlocal().model, 32) * F32_EPS  # runlocal: T = 32.
+  bf16_tol = 4 * float(jnp.finfo(jnp.bfloat16).eps)  # as tests/test_lm_decode.py's bf16 test.
+  for (dtype, mode), r in by.items():
+    assert r["max_abs_logit_diff_rel"] <= (f32_tol if dtype == "float32" else bf16_tol), r
+    assert r["top1_agreement"] > (0.99 if dtype == "float32" else 0.9), r
