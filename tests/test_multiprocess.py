@@ -139,6 +139,21 @@ def test_one_process_keeps_the_stream_and_description_of_the_older_sampler():
   assert [new[i].record_key for i in range(120)] == [old[i].record_key for i in range(120)]
 
 
+def test_processes_agree_on_a_signal_at_the_same_step(monkeypatch):
+  """Process 0 got no signal, another did: every log_every steps the processes compare flags
+  (an all-gather, faked here), so all stop at the same step, none mid-collective."""
+  from latent_attention.training import loop
+  monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+  gathered = []
+  monkeypatch.setattr(loop.multihost_utils, "process_allgather",
+                      lambda x: gathered.append(int(x)) or np.array([int(x), 1]))
+  stop = loop.StopFlag()
+  assert stop.agreed(7, every=5) is None and gathered == []  # no collective between checks.
+  assert stop.agreed(10, every=5) == "a signal to another process" and gathered == [0]
+  stop.signal = "SIGTERM"
+  assert stop.agreed(15, every=5) == "SIGTERM" and gathered == [0, 1]
+
+
 @pytest.mark.parametrize("flags,error", [
     (dict(process_id=2, num_processes=2),
      "--process_id=2 is invalid: must be in 0..1 (--num_processes=2)"),

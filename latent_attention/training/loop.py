@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -137,6 +138,17 @@ class StopFlag:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+  def agreed(self, step: int, every: int) -> str | None:
+    """The signal to stop at `step`. Processes may see a signal at different steps, and one
+    that stops alone leaves the others waiting in a collective: with several processes they
+    agree (an all-gather) every `every` steps, and all stop at the same step."""
+    if jax.process_count() == 1:
+      return self.signal
+    if step % every:
+      return None
+    seen = multihost_utils.process_allgather(np.int32(self.signal is not None))
+    return (self.signal or "a signal to another process") if np.any(seen) else None
 
 
 def xla_flops(compiled) -> float:
@@ -273,13 +285,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
           writer.write(done, "eval", scores)
           logging.info("step %d/%d, %s: %s", done, tcfg.num_steps, config.data.eval_split,
                        _fmt(scores))
-        if stop.signal:
+        stopping = stop.agreed(done, tcfg.log_every)
+        if stopping:
           _check_finite(state, mngr)
           checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
           mngr.wait_until_finished()
-          logging.warning("%s received: saved step %d in %s; rerun to resume", stop.signal,
+          logging.warning("%s received: saved step %d in %s; rerun to resume", stopping,
                           done, workdir)
-          result["interrupted"] = stop.signal
+          result["interrupted"] = stopping
           break
         # Explicit cadence: Orbax's default policy would also save step 1 of a fresh run.
         if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < tcfg.num_steps:
