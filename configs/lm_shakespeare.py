@@ -1,14 +1,16 @@
-r"""Character-level LM on TFDS tiny_shakespeare; the argument picks the attention variant.
+r"""LM on TFDS tiny_shakespeare (characters, or sub-words); the argument picks the attention.
 
   python train.py --config=configs/lm_shakespeare.py:mla --workdir=/tmp/lm_mla
   python train.py --config=configs/lm_shakespeare.py:gqa,runlocal --workdir=/tmp/lm_gqa \
       --config.train.num_steps=50
+  python train.py --config=configs/lm_shakespeare.py:mla,sentencepiece --workdir=/tmp/lm_sp
   python eval.py --workdir=/tmp/lm_mla
 
 Arguments (comma-separated): one variant of VARIANTS (default mla) or `perceiver_ar` (Perceiver AR:
 a 256-character window whose last 64 positions are latents, mha attention), or `nanogpt_cpu`
 (nanoGPT's CPU shakespeare_char recipe, MLA unless a variant is also given), plus optional
-`runlocal` (tiny, seconds on a CPU; what the tests use).
+`sentencepiece` (1024 sub-words trained on the train split instead of 65 characters; compare
+runs by bits per byte) and `runlocal` (tiny, seconds on a CPU; what the tests use).
 """
 
 import ml_collections
@@ -56,10 +58,11 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
   args = [a for a in (arg or "mla").split(",") if a]
-  unknown = [a for a in args if a not in (*VARIANTS, "perceiver_ar", "nanogpt_cpu", "runlocal")]
+  extra = ("perceiver_ar", "nanogpt_cpu", "sentencepiece", "runlocal")
+  unknown = [a for a in args if a not in (*VARIANTS, *extra)]
   if unknown:
     raise ValueError(f"config argument {unknown[0]!r} is invalid: choose from "
-                     f"{', '.join(VARIANTS)}, perceiver_ar, nanogpt_cpu, runlocal")
+                     f"{', '.join(VARIANTS)}, {', '.join(extra)}")
   variant = next((a for a in args if a in VARIANTS), "mha" if "perceiver_ar" in args else "mla")
 
   config = ml_collections.ConfigDict()
@@ -67,8 +70,12 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
   config.model = model_config(variant)
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "tiny_shakespeare"  # TFDS dataset (char-level).
-  config.data.seq_len = 128  # T, context length in characters.
+  config.data.name = "tiny_shakespeare"  # TFDS dataset.
+  config.data.tokenizer = "char"  # char | sentencepiece (data/tokenizer.py).
+  config.data.vocab_size = 0  # sentencepiece pieces (= model.vocab_size); char: unused.
+  config.data.tokenizer_train_chars = 10_000_000  # sentencepiece trains on this train prefix.
+  config.data.token_cache_dir = None  # tokenized splits; None = ~/.cache/latent_attention.
+  config.data.seq_len = 128  # T, context length in tokens (characters for char).
   config.data.train_split = "train"  # vocabulary and training windows.
   config.data.eval_split = "validation"  # periodic and final evaluation.
   config.data.test_split = "test"  # also reported by eval.py.
@@ -78,6 +85,7 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16  # global batch (sequences), split over devices and hosts.
+  config.train.fsdp = 1  # devices each parameter is split over (1 = replicated; sharding.py).
   config.train.num_steps = 1500  # optimizer steps (a few minutes on a laptop CPU).
   config.train.learning_rate = 2e-3  # peak AdamW learning rate.
   config.train.end_learning_rate = 2e-4  # cosine decay floor.
@@ -120,7 +128,14 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
     config.model.attention = attention  # mha unless a variant is given too.
     config.data.seq_len = 256  # T: the prefix the latents cross-attend to.
     config.data.eval_window_targets = config.model.num_latents  # the model scores M per window.
+  if "sentencepiece" in args:
+    # 1024 sub-words: ~2.2 characters per token, so T = 128 tokens sees ~280 characters.
+    config.data.update(tokenizer="sentencepiece", vocab_size=1024)
+    config.model.vocab_size = 1024
   if "runlocal" in args:
+    if "sentencepiece" in args:  # a smaller model, trained on less text: seconds.
+      config.data.update(vocab_size=384, tokenizer_train_chars=100_000)
+      config.model.vocab_size = 384
     if "perceiver_ar" in args:
       config.model.num_latents = config.data.eval_window_targets = 8
     config.model.update(num_layers=2, d_model=32, mlp_dim=64)

@@ -184,7 +184,7 @@ def test_zero_spread_is_not_tested():
 @pytest.mark.parametrize("kwargs, message", [
     ({"reference": "Z"}, "reference='Z' is invalid: choose one of A, B, C"),
     ({"metric": "loss"}, "metric='loss' is invalid: choose one of eval_loss, perplexity, "
-                         "bits_per_char, bits_per_token, accuracy"),
+                         "bits_per_char, bits_per_token, bits_per_byte, accuracy"),
 ])
 def test_invalid_arguments(kwargs, message):
   with pytest.raises(ValueError) as e:

@@ -3,10 +3,12 @@
 from latent_attention.data.images import ImageClassification
 from latent_attention.data.prepare import DatasetMissingError
 from latent_attention.data.synthetic import Synthetic
-from latent_attention.data.text import CharLM, CharVocab
+from latent_attention.data.text import TextLM
+from latent_attention.data.tokenizer import CharVocab
 
 _DATASETS = {
-    "tiny_shakespeare": CharLM,
+    "tiny_shakespeare": TextLM,
+    "lm1b": TextLM,
     "mnist": ImageClassification,
     "fashion_mnist": ImageClassification,
     "cifar10": ImageClassification,
@@ -23,4 +25,4 @@ def make_dataset(data_cfg, metadata: dict | None = None):
   return _DATASETS[data_cfg.name](data_cfg, metadata)
 
 
-__all__ = ["make_dataset", "DatasetMissingError", "CharVocab"]
+__all__ = ["make_dataset", "DatasetMissingError", "CharVocab", "TextLM"]

@@ -1,44 +1,44 @@
-"""Character-level language modelling on TFDS `tiny_shakespeare`.
+"""Language modelling on a TFDS text dataset (`tiny_shakespeare`, `lm1b`): one token stream.
 
-The vocabulary is every character of the train split, sorted (65 for tiny_shakespeare), and is
-saved with each checkpoint. Training draws random windows of T+1 characters; evaluation covers a
-whole split in fixed non-overlapping windows, so its number is deterministic.
+`data.tokenizer = 'char'`: the vocabulary is every character of the train split, sorted (65 for
+tiny_shakespeare), and a split is its examples' text concatenated. `'sentencepiece'`: a
+`data.vocab_size` sub-word model (data/tokenizer.py), and a split is every example's ids followed
+by the end-of-document id EOD, concatenated: documents are packed back to back, and a window
+that spans a boundary predicts EOD, then the next document's first token from EOD. Attention
+runs across that boundary (GPT-2's and nanoGPT's packing, not the Flax lm1b example's segment
+masks): no attention kind, kernel or decode cache needs segment ids, and the model learns to
+read EOD as a reset. The vocabulary travels with each checkpoint.
+
+Training draws random windows of T+1 tokens; evaluation covers a whole split in fixed
+non-overlapping windows whose targets are each scored once, so its number is deterministic.
 """
 
-import dataclasses
+import hashlib
+import os
 
 import grain.python as grain
 import numpy as np
+from absl import logging
+from tqdm import tqdm
 
 from latent_attention.data import sources
+from latent_attention.data.tokenizer import EOD, CharVocab, SubwordVocab
+
+TOKENIZERS = ("char", "sentencepiece")
 
 
-@dataclasses.dataclass(frozen=True)
-class CharVocab:
-  chars: str
-
-  @property
-  def size(self) -> int:
-    return len(self.chars)
-
-  def encode(self, text: str) -> np.ndarray:
-    table = {c: i for i, c in enumerate(self.chars)}
-    unknown = sorted(set(text) - set(table))
-    if unknown:
-      raise ValueError(f"characters {unknown[:5]} are not in the vocabulary built from train")
-    return np.array([table[c] for c in text], np.int32)
-
-  def decode(self, ids) -> str:
-    return "".join(self.chars[int(i)] for i in ids)
+def documents(name: str, split: str, data_dir=None):
+  """The texts of a split's examples, in order; 'a+b' chains splits (e.g. 'validation+test')."""
+  for s in split.split("+"):
+    src = sources.tfds_source(name, s, data_dir)
+    for i in range(len(src)):
+      text = src[i]["text"]
+      yield text if isinstance(text, str) else text.decode("utf-8")  # bytes from ArrayRecord.
 
 
 def split_text(name: str, split: str, data_dir=None) -> str:
-  """The text of a split; 'a+b' concatenates splits in order (e.g. 'validation+test')."""
-  parts = []
-  for s in split.split("+"):
-    src = sources.tfds_source(name, s, data_dir)
-    parts.extend(src[i]["text"].decode("utf-8") for i in range(len(src)))
-  return "".join(parts)
+  """The text of a split, its examples concatenated."""
+  return "".join(documents(name, split, data_dir))
 
 
 class ToExample(grain.MapTransform):
@@ -50,23 +50,48 @@ class ToExample(grain.MapTransform):
             "weights": np.ones(window.size - 1, np.float32)}
 
 
-class CharLM:
-  """Loaders for a char-level TFDS text dataset (see module docstring)."""
+class TargetBytes(grain.MapTransform):
+  """Adds the UTF-8 bytes each target stands for: the eval step sums them for bits per byte."""
+
+  def __init__(self, token_bytes: np.ndarray):
+    self._bytes = token_bytes
+
+  def map(self, ex):
+    return {**ex, "target_bytes": self._bytes[ex["targets"]]}
+
+
+class TextLM:
+  """A TFDS text dataset as one token stream (see module docstring)."""
 
   task = "lm"
-
-  def __init__(self, data_cfg, metadata: dict | None = None):
-    self.cfg = data_cfg
-    if metadata and "vocab" in metadata:
-      self.vocab = CharVocab(metadata["vocab"])
-    else:
-      self.vocab = CharVocab("".join(sorted(set(
-          split_text(data_cfg.name, data_cfg.train_split, data_cfg.data_dir)))))
-
   input_dtype = np.int32
 
+  def __init__(self, data_cfg, metadata: dict | None = None):
+    self.cfg, metadata = data_cfg, metadata or {}
+    self.tokenizer = data_cfg.get("tokenizer", "char")
+    if self.tokenizer not in TOKENIZERS:
+      raise ValueError(f"data.tokenizer={self.tokenizer!r} is invalid: choose one of "
+                       f"{', '.join(TOKENIZERS)}")
+    saved = {"vocab": "char", "sentencepiece": "sentencepiece"}
+    for key, kind in saved.items():
+      if key in metadata and kind != self.tokenizer:
+        raise ValueError(f"data.tokenizer={self.tokenizer!r} is invalid: the checkpoint's "
+                         f"vocabulary is {kind!r}")
+    if self.tokenizer == "char":
+      self.vocab = CharVocab(metadata["vocab"] if "vocab" in metadata else "".join(sorted(set(
+          split_text(data_cfg.name, data_cfg.train_split, data_cfg.data_dir)))))
+    elif "sentencepiece" in metadata:
+      self.vocab = SubwordVocab.from_metadata(metadata)
+    else:
+      logging.info("Training a %d-piece SentencePiece model on the first %d characters of %s",
+                   data_cfg.vocab_size, data_cfg.tokenizer_train_chars, data_cfg.train_split)
+      self.vocab = SubwordVocab.train(
+          documents(data_cfg.name, data_cfg.train_split, data_cfg.data_dir),
+          data_cfg.vocab_size, data_cfg.tokenizer_train_chars)
+    self.token_bytes = self.vocab.token_bytes()
+
   def metadata(self) -> dict:
-    return {"vocab": self.vocab.chars}
+    return self.vocab.metadata()
 
   def input_shape(self):
     return (self.cfg.seq_len,)
@@ -75,7 +100,39 @@ class CharLM:
     return self.cfg.seq_len
 
   def _tokens(self, split):
-    return self.vocab.encode(split_text(self.cfg.name, split, self.cfg.data_dir))
+    if self.tokenizer == "char":
+      return self.vocab.encode(split_text(self.cfg.name, split, self.cfg.data_dir))
+    return self._subword_stream(split)
+
+  def _subword_stream(self, split) -> np.ndarray:
+    """Every document's ids then EOD, concatenated; tokenized once per tokenizer and split and
+    kept under data.token_cache_dir (memory-mapped: lm1b's train split is ~0.8B tokens)."""
+    cache = os.path.expanduser(self.cfg.get("token_cache_dir")
+                               or "~/.cache/latent_attention/tokens")
+    digest = hashlib.sha256(self.vocab.proto).hexdigest()[:16]
+    path = os.path.join(cache, f"{self.cfg.name}-{split}-{digest}.npy")
+    if os.path.exists(path):
+      return np.load(path, mmap_mode="r")
+    dtype = np.uint16 if self.vocab.size <= 2**16 else np.int32
+    parts, batch = [], []
+    names = split.split("+")
+    total = sum(len(sources.tfds_source(self.cfg.name, s, self.cfg.data_dir)) for s in names)
+    with tqdm(total=total, desc=f"tokenizing {self.cfg.name} {split}", unit="doc",
+              disable=total < 10_000) as bar:
+      for doc in documents(self.cfg.name, split, self.cfg.data_dir):
+        batch.append(doc)
+        if len(batch) == 10_000:
+          parts.extend(np.array([*ids, EOD], dtype) for ids in self.vocab.encode_batch(batch))
+          bar.update(len(batch))
+          batch = []
+      parts.extend(np.array([*ids, EOD], dtype) for ids in self.vocab.encode_batch(batch))
+      bar.update(len(batch))
+    tokens = np.concatenate(parts)
+    os.makedirs(cache, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"  # atomic: other processes may write it too.
+    np.save(tmp, tokens)
+    os.replace(tmp, path)
+    return tokens
 
   def train_loader(self, batch_size, seed):
     src = sources.WindowSource(self._tokens(self.cfg.train_split), self.cfg.seq_len + 1)
@@ -84,7 +141,7 @@ class CharLM:
   def eval_batches(self, split, batch_size):
     return sources.eval_batches(
         EvalWindows(self._tokens(split), self.cfg.seq_len, self.cfg.get("eval_window_targets", 0)),
-        batch_size)
+        batch_size, [TargetBytes(self.token_bytes)])
 
 
 class EvalWindows(grain.RandomAccessDataSource):

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from latent_attention.data import CharLM, make_dataset
+from latent_attention.data import TextLM, make_dataset
 from latent_attention.models import build_model
 from latent_attention.models.decoding import generate
 from latent_attention.training import (checkpoint, metrics as metrics_lib, peaks, resume,
@@ -53,7 +53,8 @@ class Experiment:
 
   @property
   def bits_name(self):
-    return "bits_per_char" if isinstance(self.dataset, CharLM) else "bits_per_token"
+    char = isinstance(self.dataset, TextLM) and self.dataset.tokenizer == "char"
+    return "bits_per_char" if char else "bits_per_token"
 
 
 def setup(config, metadata: dict | None = None) -> Experiment:
@@ -97,12 +98,12 @@ def evaluate(exp: Experiment, params, split: str) -> dict:
 
 
 def sample_text(exp: Experiment, params, seed: int = 0) -> str | None:
-  """A text sample on the cached decode path (char-level LMs only).
+  """A text sample on the cached decode path (text LMs only).
 
   The model never saw positions past data.seq_len, so a long sample is generated in windows:
   whenever the context would overflow, decoding restarts from the last half window.
   """
-  if not isinstance(exp.dataset, CharLM) or exp.config.eval.sample_len <= 0:
+  if not isinstance(exp.dataset, TextLM) or exp.config.eval.sample_len <= 0:
     return None
   ecfg, t = exp.config.eval, exp.config.data.seq_len
   tokens = list(exp.dataset.vocab.encode(ecfg.prompt)[-t // 2:])
@@ -246,6 +247,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mngr.close()
     raise
   metadata = exp.dataset.metadata()
+  vocab = getattr(exp.dataset, "vocab", None)
+  if hasattr(vocab, "proto") and jax.process_index() == 0:  # also beside the checkpoints.
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "tokenizer.model"), "wb") as f:
+      f.write(vocab.proto)
   start = int(state.step)
   writer = metrics_lib.MetricWriter(workdir)
   batch = exp.to_global(next(data_iter)) if start < tcfg.num_steps else None

@@ -19,6 +19,11 @@ from latent_attention.training import state as state_lib
 DATA_FREE = ("data.eval_split", "data.test_split", "data.eval_window_targets", "data.data_dir",
              "data.worker_count")
 STREAM = ("seed", "train.batch_size")
+# Fields added since some checkpoints were saved: absent there means this value (the behaviour
+# before the field existed).
+ADDED_DEFAULTS = {"data.tokenizer": "char", "data.vocab_size": 0,
+                  "data.tokenizer_train_chars": 10_000_000, "data.token_cache_dir": None,
+                  "train.fsdp": 1}
 SCHEDULE = ("train.num_steps", "train.learning_rate", "train.warmup_steps", "train.decay_steps",
             "train.end_learning_rate")
 
@@ -34,11 +39,15 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def changes(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-  """{dotted key: (saved value, new value)} for every field that differs (None when absent).
+  """{dotted key: (saved value, new value)} for every field that differs (None when absent;
+  a field of ADDED_DEFAULTS absent from `saved` has its default there).
 
   Both sides are compared as JSON reads them back (a saved tuple is a list).
   """
   a, b = flatten(json.loads(json.dumps(saved))), flatten(json.loads(json.dumps(new)))
+  for k, v in ADDED_DEFAULTS.items():
+    if k in b and k not in a:
+      a[k] = v
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

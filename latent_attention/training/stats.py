@@ -12,7 +12,8 @@ import numpy as np
 from scipy import stats
 
 # Metrics aggregated as mean and sample standard deviation over a run's seeds.
-QUALITY = ("eval_loss", "perplexity", "bits_per_char", "bits_per_token", "accuracy")
+QUALITY = ("eval_loss", "perplexity", "bits_per_char", "bits_per_token", "bits_per_byte",
+           "accuracy")
 # Taken from a run's first row: they describe the run, not one seed's result.
 DESCRIPTIVE = ("name", "kind", "sizes", "mlp_dim", "params", "kv_bytes_per_token",
                "kv_formula_bytes_per_token", "eval_split")

@@ -7,16 +7,15 @@ import optax
 from latent_attention.training.state import TrainState
 
 
-def _align(logits, batch):
-  """Targets and weights for the positions the model scored (Perceiver AR: the last M; a batch
-  with `positions`: those)."""
-  targets, weights = batch["targets"], batch["weights"]
+def _align(logits, batch, *keys):
+  """The batch's per-position `keys` at the positions the model scored (Perceiver AR: the last
+  M; a batch with `positions`: those)."""
+  arrays = [batch[k] for k in keys]
   if "positions" in batch:
-    return (jnp.take_along_axis(targets, batch["positions"], axis=1),
-            jnp.take_along_axis(weights, batch["positions"], axis=1))
-  if logits.ndim == 3 and logits.shape[1] != targets.shape[1]:
-    targets, weights = targets[:, -logits.shape[1]:], weights[:, -logits.shape[1]:]
-  return targets, weights
+    return [jnp.take_along_axis(a, batch["positions"], axis=1) for a in arrays]
+  if logits.ndim == 3 and logits.shape[1] != arrays[0].shape[1]:
+    return [a[:, -logits.shape[1]:] for a in arrays]
+  return arrays
 
 
 def sums(params, batch, model):
@@ -27,11 +26,14 @@ def sums(params, batch, model):
   """
   scored = {"positions_BP": batch["positions"]} if "positions" in batch else {}
   logits = model.apply({"params": params}, batch["inputs"], **scored)
-  targets, weights = _align(logits, batch)
+  targets, weights = _align(logits, batch, "targets", "weights")
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return {"nll": jnp.sum(nll * weights), "correct": jnp.sum(correct * weights),
-          "count": jnp.sum(weights)}
+  out = {"nll": jnp.sum(nll * weights), "correct": jnp.sum(correct * weights),
+         "count": jnp.sum(weights)}
+  if "target_bytes" in batch:  # text LMs' eval batches: the UTF-8 bytes of the targets.
+    out["bytes"] = jnp.sum(_align(logits, batch, "target_bytes")[0] * weights)
+  return out
 
 
 def train_step(state: TrainState, batch, *, model, optimizer):
@@ -62,11 +64,14 @@ def eval_step(params, batch, *, model):
 
 
 def summarize(totals: dict, task: str, bits_name: str = "bits_per_token") -> dict:
-  """Loss, accuracy and (LM) perplexity and bits per token from summed eval metrics."""
+  """Loss, accuracy and (LM) perplexity, bits per token (`bits_name`) and, with the targets'
+  bytes, bits per byte (the same text's information whatever the tokenizer) from sums."""
   count = int(round(float(totals["count"])))  # a sum of 0/1 weights: an integer.
   loss = float(totals["nll"]) / max(count, 1)
   out = {"loss": loss, "accuracy": float(totals["correct"]) / max(count, 1), "count": count}
   if task == "lm":
     out["perplexity"] = float(jnp.exp(loss))
     out[bits_name] = loss / float(jnp.log(2.0))
+    if float(totals.get("bytes", 0.0)) > 0:
+      out["bits_per_byte"] = float(totals["nll"]) / float(totals["bytes"]) / float(jnp.log(2.0))
   return out

@@ -302,6 +302,7 @@ def _measured(config, run_dir, evaluated, timed, wall) -> dict:
       "params": int(model_lines[-1]["params"]) if model_lines else None,
       "eval_split": split, "eval_loss": ev["loss"], "perplexity": ev.get("perplexity"),
       "bits_per_char": ev.get("bits_per_char"), "bits_per_token": ev.get("bits_per_token"),
+      "bits_per_byte": ev.get("bits_per_byte"),
       "accuracy": ev["accuracy"],
       "kv_bytes_per_token": evaluated.get("kv_cache_bytes_per_token"),
       "kv_formula_bytes_per_token": evaluated.get("kv_cache_formula_bytes_per_token"),
