@@ -18,8 +18,8 @@ LM = "--config=configs/lm_shakespeare.py:mla,runlocal"
 CASES = [
     ("config_file", ["train.py", "--config=configs/nope.py", "--workdir={tmp}/w"],
      "train.py: --config=configs/nope.py: config file 'configs/nope.py' does not exist; choose "
-     "one of configs/lm_decode.py, configs/lm_mqar.py, configs/lm_shakespeare.py, "
-     "configs/perceiver_fashion_mnist.py"),
+     "one of configs/lm1b.py, configs/lm_decode.py, configs/lm_mqar.py, "
+     "configs/lm_shakespeare.py, configs/perceiver_fashion_mnist.py"),
     ("config_argument", ["train.py", "--config=configs/lm_shakespeare.py:mlaa",
                          "--workdir={tmp}/w"],
      "train.py: --config=configs/lm_shakespeare.py:mlaa: config argument 'mlaa' is invalid: "
@@ -49,7 +49,7 @@ CASES = [
      "benchmark.py: flag --steps=0: 0 is not a positive integer"),
     ("sweep_file", ["scripts/sweep.py", "--sweep=configs/sweeps/nope.py", "--workdir={tmp}/s"],
      "sweep.py: config file 'configs/sweeps/nope.py' does not exist; choose one of "
-     "configs/sweeps/lm_attention.py"),
+     "configs/sweeps/lm1b_attention.py, configs/sweeps/lm_attention.py"),
     ("decode_variant", ["scripts/benchmark_decode.py", "--variants=mha,flash",
                         "--output_dir={tmp}/d"],
      "benchmark_decode.py: --variants: 'flash' is invalid: choose from mha, gqa, mqa"),

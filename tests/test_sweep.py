@@ -230,21 +230,24 @@ def _param_count(config):
   return sum(x.size for x in jax.tree.leaves(shapes["params"]))
 
 
-@pytest.mark.parametrize("arg", ["", "large"])
-def test_lm_attention_runs_match_mha_parameters_within_1_percent(arg):
-  sweep = config_files.load(os.path.join(SWEEPS, f"lm_attention.py:{arg}"))
+@pytest.mark.parametrize("spec", ["lm_attention.py:", "lm_attention.py:large",
+                                  "lm1b_attention.py"])
+def test_attention_sweeps_match_mha_parameters_within_1_percent(spec):
+  sweep = config_files.load(os.path.join(SWEEPS, spec))
   runs = sweep_lib.expand(sweep)
   counts = {n: _param_count(sweep_lib.make_config(sweep, run)) for n, run in runs.items()}
-  assert {"mha", "gqa", "mqa", "lowrank_gated", "head_gated"} < set(counts)
-  assert sum(n.startswith("mla_") for n in counts) == 3
+  assert {"mha", "gqa", "mqa", "gta", "tpa"} < set(counts)
+  assert sum(n.startswith("mla_") for n in counts) == (2 if "lm1b" in spec else 3)
   for name, count in counts.items():
     assert abs(count / counts["mha"] - 1) < 0.01, (name, count, counts["mha"])
 
 
 @pytest.mark.parametrize("spec", ["lm_attention.py", "lm_attention.py:large", "mla_rank.py",
+                                  "lm1b_attention.py",
                                   "perceiver_latents.py", "mqar.py", "mqar.py:zoology"])
 @pytest.mark.parametrize("runlocal", [False, True])
 def test_shipped_sweeps_build_valid_models(spec, runlocal):
   sweep = config_files.load(os.path.join(SWEEPS, spec))
   for name, run in sweep_lib.expand(sweep).items():
     assert _param_count(sweep_lib.make_config(sweep, run, runlocal)) > 0, name
+
