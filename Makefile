@@ -33,7 +33,7 @@ eval: venv  ## Evaluate the latest checkpoint of $(WORKDIR) (eval_results.json t
 	$(PY) eval.py --workdir=$(WORKDIR)
 
 test: venv  ## pytest's exit code 5 (no test collected) counts as a failure.
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests; rc=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lock: venv  ## Re-pin requirements.lock from requirements.txt (then `make venv` installs it).
