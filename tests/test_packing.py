@@ -14,13 +14,20 @@ from conftest import ROOT
 DOCS = ["First document.", "A second, longer document\nwith two lines.", "Third: é and ü."]
 
 
+class Records(list):
+  """Examples with the batched read of a tfds data source (`text.documents` uses it)."""
+
+  def __getitems__(self, keys):
+    return [self[k] for k in keys]
+
+
 @pytest.fixture
 def fake_lm1b(monkeypatch, tmp_path):
   """configs/lm1b.py:runlocal's data section over DOCS, with a tokenizer trained elsewhere."""
   vocab = tokenizer.SubwordVocab.train([text.split_text("tiny_shakespeare", "train")], 384,
                                        100_000)
-  monkeypatch.setattr(sources, "tfds_source",
-                      lambda name, split, data_dir=None: [{"text": d.encode()} for d in DOCS])
+  records = Records({"text": d.encode()} for d in DOCS)
+  monkeypatch.setattr(sources, "tfds_source", lambda name, split, data_dir=None: records)
   cfg = config_files.load(f"{ROOT}/configs/lm1b.py:mha,runlocal").data
   cfg.update(seq_len=8, token_cache_dir=str(tmp_path / "cache"))
   return make_dataset(cfg, vocab.metadata()), vocab
@@ -28,6 +35,7 @@ def fake_lm1b(monkeypatch, tmp_path):
 
 def test_documents_are_packed_with_eod_and_every_target_is_scored_once(fake_lm1b):
   dataset, vocab = fake_lm1b
+  assert list(text.documents("lm1b", "train+test", chunk=2)) == DOCS * 2  # across chunks.
   stream = np.concatenate([np.append(vocab.encode(d), tokenizer.EOD) for d in DOCS])
   np.testing.assert_array_equal(dataset._tokens("test"), stream)
   scored, weights, nbytes = [], [], 0.0
@@ -53,11 +61,17 @@ def test_the_tokenized_split_is_cached(fake_lm1b, monkeypatch):
   np.testing.assert_array_equal(dataset._tokens("train"), first)
 
 
+def mock_source(name, split, data_dir=None):
+  """tfds.data_source under mock_data, read one by one: its mock binds `__getitem__` but not
+  `__getitems__` (MagicMock knows only the former), which `text.documents` calls."""
+  src = tfds.data_source(name, split=split)
+  return Records(src[i] for i in range(len(src)))
+
+
 def test_lm1b_runlocal_trains_on_tfds_mock_data(tmp_path, monkeypatch):
   with tfds.testing.mock_data(num_examples=100, policy=tfds.testing.MockPolicy.USE_CODE):
     # The mock serves tfds.data_source only; nothing is prepared on disk to check.
-    monkeypatch.setattr(sources, "tfds_source",
-                        lambda name, split, data_dir=None: tfds.data_source(name, split=split))
+    monkeypatch.setattr(sources, "tfds_source", mock_source)
     config = config_files.load(f"{ROOT}/configs/lm1b.py:mha,runlocal")
     config.data.token_cache_dir = str(tmp_path / "cache")
     config.train.update(num_steps=4, eval_every=0, checkpoint_every=0, log_every=2)

@@ -66,5 +66,6 @@ def test_tokenizer_travels_with_the_checkpoint_and_is_reused(tmp_path, monkeypat
   assert ev["count"] == stream.size - 1
   nbytes = exp.dataset.token_bytes[stream[1:]].sum()  # the text's bytes - the first + EOD's 1.
   assert nbytes == len(text.encode("utf-8")) - len(text[0].encode("utf-8")) + 1
+  # The same float32 sums divided in another order: a few float32 roundings apart at most.
   assert ev["bits_per_byte"] == pytest.approx(ev["bits_per_token"] * ev["count"] / nbytes,
-                                              rel=1e-6)
+                                              rel=4 * float(np.finfo(np.float32).eps))

@@ -11,9 +11,16 @@ read EOD as a reset. The vocabulary travels with each checkpoint.
 
 Training draws random windows of T+1 tokens; evaluation covers a whole split in fixed
 non-overlapping windows whose targets are each scored once, so its number is deterministic.
+
+A sub-word split is tokenized once, in batches of documents (SentencePiece's C++ threads), and
+cached as a .npy keyed by the tokenizer's digest, then memory-mapped: a random window at any
+token offset needs the whole packed stream, which tokenizing on the fly (a Grain MapTransform
+per document) cannot index, and lm1b's ~30M sentences take minutes to tokenize, not a restart's
+worth. The cache lives outside the workdir so runs sharing a tokenizer (a sweep's) share it.
 """
 
 import hashlib
+import itertools
 import os
 
 import grain.python as grain
@@ -27,13 +34,18 @@ from latent_attention.data.tokenizer import EOD, CharVocab, SubwordVocab
 TOKENIZERS = ("char", "sentencepiece")
 
 
-def documents(name: str, split: str, data_dir=None):
-  """The texts of a split's examples, in order; 'a+b' chains splits (e.g. 'validation+test')."""
+def documents(name: str, split: str, data_dir=None, chunk: int = 10_000):
+  """The texts of a split's examples, in order; 'a+b' chains splits (e.g. 'validation+test').
+
+  Records are read `chunk` at a time (`__getitems__`: parallel ArrayRecord reads, not one
+  Python call per record, which counts at lm1b's ~30M sentences).
+  """
   for s in split.split("+"):
     src = sources.tfds_source(name, s, data_dir)
-    for i in range(len(src)):
-      text = src[i]["text"]
-      yield text if isinstance(text, str) else text.decode("utf-8")  # bytes from ArrayRecord.
+    for start in range(0, len(src), chunk):
+      for ex in src.__getitems__(range(start, min(start + chunk, len(src)))):
+        text = ex["text"]
+        yield text if isinstance(text, str) else text.decode("utf-8")  # bytes from ArrayRecord.
 
 
 def split_text(name: str, split: str, data_dir=None) -> str:
@@ -114,19 +126,17 @@ class TextLM:
     if os.path.exists(path):
       return np.load(path, mmap_mode="r")
     dtype = np.uint16 if self.vocab.size <= 2**16 else np.int32
-    parts, batch = [], []
     names = split.split("+")
     total = sum(len(sources.tfds_source(self.cfg.name, s, self.cfg.data_dir)) for s in names)
+    docs = documents(self.cfg.name, split, self.cfg.data_dir)
+    # One array per batch of documents, not per document: 30M small arrays would take GBs.
+    parts = []
     with tqdm(total=total, desc=f"tokenizing {self.cfg.name} {split}", unit="doc",
               disable=total < 10_000) as bar:
-      for doc in documents(self.cfg.name, split, self.cfg.data_dir):
-        batch.append(doc)
-        if len(batch) == 10_000:
-          parts.extend(np.array([*ids, EOD], dtype) for ids in self.vocab.encode_batch(batch))
-          bar.update(len(batch))
-          batch = []
-      parts.extend(np.array([*ids, EOD], dtype) for ids in self.vocab.encode_batch(batch))
-      bar.update(len(batch))
+      for batch in iter(lambda: list(itertools.islice(docs, 10_000)), []):
+        ids = self.vocab.encode_batch(batch)
+        parts.append(np.fromiter(itertools.chain.from_iterable((*d, EOD) for d in ids), dtype))
+        bar.update(len(batch))
     tokens = np.concatenate(parts)
     os.makedirs(cache, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npy"  # atomic: other processes may write it too.
