@@ -120,8 +120,9 @@ def test_conversion_study_on_a_full_rank_conversion(tmp_path):
                               scratch=False, num_batches=2, methods=("activation",))
   assert [r["method"] for r in rows] == ["original (mha)", "converted (activation)",
                                          "converted + 2-step fine-tune"]
-  # Both layouts cache 2·N·H = 64 per layer: d_c = D = 32 plus N RoPE keys of H = 8.
-  assert {r["kv_bytes_per_token"] for r in rows} == {2 * 64 * 4}
+  # Both layouts cache 2·N·H = 64 per layer (runlocal: one): d_c = D = 32 plus N RoPE keys of
+  # H = 8.
+  assert {r["kv_bytes_per_token"] for r in rows} == {config.model.num_layers * 64 * 4}
   assert abs(rows[1]["perplexity"] / rows[0]["perplexity"] - 1) < 1e-5
   out = os.path.join(study, f"c{d}_r{att.head_dim}_activation")
   new_exp, new_params, step = restore_experiment(out)
@@ -134,7 +135,8 @@ def test_conversion_study_on_a_full_rank_conversion(tmp_path):
   assert ft["step"] == 2 and ft["eval"]["perplexity"] == rows[2]["perplexity"]
   paths = conversion_study.write(rows, study)
   table = open(paths["md"]).read()
-  assert f"| {d} | 8 | 512 | {rows[1]['perplexity']:.3f} | {rows[2]['perplexity']:.3f} |" in table
+  assert (f"| {d} | 8 | {rows[1]['kv_bytes_per_token']} | {rows[1]['perplexity']:.3f} | "
+          f"{rows[2]['perplexity']:.3f} |") in table
   assert os.path.getsize(paths["png"]) > 10_000
   with pytest.raises(ValueError, match=r"already holds a run"):
     conversion.convert_workdir(source, out, kv_lora_rank=8, rope_dims=8)

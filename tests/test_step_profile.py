@@ -20,6 +20,7 @@ def test_benchmark_profile_runs_and_splits_the_step(tmp_path):
   out = tmp_path / "bench.json"
   proc = subprocess.run(
       [sys.executable, "scripts/benchmark.py", "--config=configs/lm_shakespeare.py:mha,runlocal",
+       "--config.model.num_layers=2",
        "--steps=2", "--warmup=1", "--decode_tokens=1", "--profile", "--profile_steps=2",
        f"--output={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
