@@ -15,6 +15,7 @@ import functools
 
 import jax
 
+from latent_attention.models.lm import DTYPES
 from latent_attention.training import decode_benchmark
 
 # (device_kind prefix, bfloat16 TFLOP/s, float32 TFLOP/s), most specific prefix first.
@@ -28,7 +29,6 @@ _PEAKS = (
     ("TPU v5", 459.0, 459.0),  # v5p.
     ("TPU v6 lite", 918.0, 918.0),  # v6e (Trillium).
 )
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def known_peak_tflops(device_kind: str, dtype: str) -> float | None:
