@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from latent_attention.data import DatasetMissingError, images, make_dataset, prepare, sources
+from latent_attention.data import (DatasetMissingError, images, make_dataset, prepare, sources,
+                                   synthetic)
 
 RAW = pathlib.Path(__file__).resolve().parents[2] / "shared" / "raw"
 
@@ -137,6 +138,31 @@ def test_mqar_follows_zoology_distribution_by_default():
   uniform = _mqar_batch(mqar_power_a=1.0)
   share = np.mean((uniform["positions"] - 8) // 2 < 7)
   assert abs(share - 0.25) < 0.05, share
+
+
+def test_mqar_trains_on_a_fixed_set_disjoint_from_the_test_set(monkeypatch):
+  """Zoology cycles one training set for epochs; held-out examples are new sequences. The set
+  is generated once into memory, and the stream equals the one generated on demand."""
+  cfg = ml_collections.ConfigDict(dict(name="mqar", seq_len=32, vocab_size=256, num_kv_pairs=4,
+                                       num_train_examples=48, num_eval_examples=48,
+                                       synthetic_seed=0, worker_count=0, scored_positions=True))
+  ds = make_dataset(cfg)
+  stream = iter(ds.train_loader(16, seed=1))
+  batches = [next(stream) for _ in range(6)]  # two epochs of 48 examples.
+  epochs = [{tuple(row) for b in batches[e:e + 3] for row in b["inputs"]} for e in (0, 3)]
+  assert len(epochs[0]) == 48 and epochs[0] == epochs[1]  # the same 48 examples, reshuffled.
+  assert [b["inputs"].tolist() for b in batches[:3]] != [b["inputs"].tolist()
+                                                         for b in batches[3:]]
+  monkeypatch.setattr(synthetic, "_MATERIALIZE_TOKENS", 0)  # the on-demand path.
+  on_demand = iter(ds.train_loader(16, seed=1))
+  for batch in batches:
+    expected = next(on_demand)
+    assert all(np.array_equal(batch[k], expected[k]) for k in expected)
+  test = next(iter(ds.eval_batches("test", 48)))
+  assert not epochs[0] & {tuple(row) for row in test["inputs"]}
+  for b in batches:  # scored = queried: positions, weights and targets agree.
+    np.testing.assert_array_equal(b["weights"].nonzero()[1].reshape(16, 4), b["positions"])
+    assert (np.take_along_axis(b["targets"], b["positions"], 1) >= 128).all()  # values.
 
 
 def test_mqar_answer_is_shown_only_when_asked():
