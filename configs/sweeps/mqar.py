@@ -5,6 +5,8 @@ r"""MQAR recall vs KV-cache bytes (Zoology, arXiv 2312.04927, figure 2 scaled to
   python scripts/sweep.py --sweep=configs/sweeps/mqar.py:full --workdir=/tmp/mqar_full
   python scripts/sweep.py --sweep=configs/sweeps/mqar.py --workdir=/tmp/mqar_local --runlocal
   python scripts/sweep.py --sweep=configs/sweeps/mqar.py:zoology --workdir=/tmp/mqar_zoology
+  python scripts/sweep.py --sweep=configs/sweeps/mqar.py:zoology_lr --workdir=/tmp/mqar_lr
+  python scripts/sweep.py --sweep=configs/sweeps/mqar.py:zoology_heads --workdir=/tmp/mqar_heads
 
 2-layer LMs on multi-query associative recall (configs/lm_mqar.py: vocabulary 8192) with every
 attention kind: mha, gqa (2 KV heads), mqa, mla with a tight and a loose latent (d_c = 8, 64),
@@ -19,7 +21,10 @@ Sizes (the argument): default = (T, pairs) = (64, 4) at d_model 64, 11 runs of 3
 Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 48 runs (GPU-sized);
 `zoology` = lm_mqar.py's `zoology` recipe at (64, 4) (one head, attention-only blocks, batch
 512, 5 epochs; ~9 minutes a run) for the kinds that exist with one head (mha, mla at d_c = 8 and
-64, tpa, lowrank_gated), seeds 0 and 1.
+64, tpa, lowrank_gated), seeds 0 and 1; `zoology_lr` = Zoology's learning-rate grid
+logspace(1e-4, 1e-2, 4) for mha under that recipe (seed 0; 2.2e-3 is `zoology`'s mha);
+`zoology_heads` = the same recipe with the kinds' own 4 heads of 32 (lm_mqar.py's `multihead`)
+for mha and the kinds that need several heads (gqa, mqa, gta, gla), seeds 0 and 1.
 """
 
 import ml_collections
@@ -38,18 +43,22 @@ KINDS = {  # run name prefix -> (config argument, dotted overrides)
     "perceiver_ar_m16": ("mha,perceiver_ar", {"model.num_latents": 16}),
 }
 ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "tpa", "lowrank_gated")
+MULTIHEAD_KINDS = ("mha", "gqa", "mqa", "gta", "gla2_c32")
+ZOOLOGY_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # np.logspace(-4, -2, 4), rounded to 2 digits.
 SIZES = {
     "": ([(64, 4)], [64]),
     "t128": ([(128, 8)], [64]),
     "full": ([(64, 4), (128, 8), (256, 16)], [64, 128]),
     "zoology": ([(64, 4)], [64]),
+    "zoology_lr": ([(64, 4)], [64]),
+    "zoology_heads": ([(64, 4)], [64]),
 }
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in SIZES:
     raise ValueError(f"sweep argument {arg!r} is invalid: choose from '' (default), t128, full, "
-                     "zoology")
+                     "zoology, zoology_lr, zoology_heads")
   lengths, widths = SIZES[arg]
   sweep = ml_collections.ConfigDict()
   sweep.base = "configs/lm_mqar.py:mha"  # runs below name their own variant of lm_mqar.py.
@@ -58,18 +67,24 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   sweep.runlocal_overrides = ml_collections.ConfigDict(
       {"model.d_model": 64, "data.num_kv_pairs": 4}, allow_dotted_keys=True)
   sweep.runs = []
+  recipe = {"zoology": ",zoology", "zoology_lr": ",zoology",
+            "zoology_heads": ",zoology,multihead"}.get(arg, "")
+  kinds = {"zoology": ZOOLOGY_KINDS, "zoology_lr": ("mha",),
+           "zoology_heads": MULTIHEAD_KINDS}.get(arg, tuple(KINDS))
+  lrs = ZOOLOGY_LRS if arg == "zoology_lr" else (None,)
   for (seq_len, pairs), width in ((lp, w) for lp in lengths for w in widths):
-    for prefix, (variant, overrides) in KINDS.items():
-      if arg == "zoology" and prefix not in ZOOLOGY_KINDS:
-        continue
-      sweep.runs.append(dict(
-          name=f"{prefix}_T{seq_len}_D{width}",
-          # per-run base: perceiver_ar is another model.
-          base=f"configs/lm_mqar.py:{variant}{',zoology' if arg == 'zoology' else ''}",
-          overrides={"data.seq_len": seq_len, "data.num_kv_pairs": pairs,
-                     "model.d_model": width, **overrides}))
+    for prefix in kinds:
+      variant, overrides = KINDS[prefix]
+      for lr in lrs:
+        lr_overrides, lr_name = ({"train.learning_rate": lr}, f"_lr{lr:.1e}") if lr else ({}, "")
+        sweep.runs.append(dict(
+            name=f"{prefix}{lr_name}_T{seq_len}_D{width}",
+            # per-run base: perceiver_ar is another model.
+            base=f"configs/lm_mqar.py:{variant}{recipe}",
+            overrides={"data.seq_len": seq_len, "data.num_kv_pairs": pairs,
+                       "model.d_model": width, **overrides, **lr_overrides}))
   sweep.quality = "accuracy"  # pareto.png: recall accuracy vs KV-cache bytes per token.
-  if arg == "zoology":
+  if arg in ("zoology", "zoology_heads"):
     sweep.seeds = (0, 1)  # init and data order; the examples themselves stay the same.
   sweep.benchmark = ml_collections.ConfigDict()
   sweep.benchmark.steps = 20  # timed train steps per run (median reported).
