@@ -15,6 +15,7 @@ length, YaRN scaling of RoPE, ...); their results go to eval_results_<overrides>
 
 import json
 
+import jax
 from absl import flags
 
 from latent_attention import cli
@@ -53,9 +54,10 @@ def main(argv):
   results = evaluate_workdir(_WORKDIR.value, _STEP.value, plot_attention=_PLOT.value,
                              plot_curves=_CURVES.value, overrides=overrides)
   sample = results.pop("sample", None)
-  print(json.dumps(results, indent=2))
-  if sample:
-    print(sample)
+  if jax.process_index() == 0:  # every process computed the same results.
+    print(json.dumps(results, indent=2))
+    if sample:
+      print(sample)
 
 
 if __name__ == "__main__":
