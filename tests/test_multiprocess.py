@@ -18,6 +18,7 @@ import pytest
 
 from latent_attention import cli
 from latent_attention.data import sources
+from latent_attention.training import checkpoint
 from latent_attention.training.evaluate import restore_experiment
 
 from conftest import F32_EPS, ROOT
@@ -174,3 +175,19 @@ def test_inconsistent_distributed_flags_are_one_line_errors(flags, error):
 def test_consistent_distributed_flags_pass():
   cli.check_distributed("[::1]:8476", 2, 1)  # an IPv6 host too.
   cli.check_distributed(None, None, 3)  # the process count comes from the cluster.
+
+
+def test_resuming_with_another_process_count_is_a_user_error(tmp_path, monkeypatch):
+  """Not Grain's sampler mismatch deep in the restore, which training would take for an
+  unreadable checkpoint and set aside."""
+  data = tmp_path / "7" / "data"
+  data.mkdir(parents=True)
+  for i in range(2):
+    (data / f"process_{i}-of-2.json").write_text("{}")
+  mngr = type("Manager", (), {"directory": tmp_path})()
+  with pytest.raises(ValueError, match=(
+      f"checkpoint step 7 in {tmp_path} was saved by 2 processes, this run has 1: resume "
+      r"with --num_processes=2")):
+    checkpoint.check_process_count(mngr, 7)
+  monkeypatch.setattr(checkpoint.jax, "process_count", lambda: 2)
+  checkpoint.check_process_count(mngr, 7)  # the same count resumes.

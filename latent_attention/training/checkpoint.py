@@ -8,6 +8,7 @@ newest readable step and moves the damaged ones aside (`set_aside`), never delet
 
 import json
 import os
+import re
 
 import grain.python as grain
 import jax
@@ -47,6 +48,19 @@ def restore(mngr, step: int, abstract_state, data_iter=None):
   if data_iter is not None:
     items["data"] = grain.PyGrainCheckpointRestore(data_iter)
   return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def check_process_count(mngr, step: int) -> None:
+  """Raises unless the checkpoint's data positions were saved by this run's process count
+  (Grain saves one per process; another count would otherwise fail deep in Grain, or be taken
+  for an unreadable checkpoint)."""
+  data = os.path.join(str(mngr.directory), str(step), "data")
+  saved = {int(m.group(1)) for m in map(re.compile(r"process_\d+-of-(\d+)\.json").fullmatch,
+                                        os.listdir(data) if os.path.isdir(data) else ()) if m}
+  if saved and saved != {jax.process_count()}:
+    raise ValueError(f"checkpoint step {step} in {mngr.directory} was saved by {min(saved)} "
+                     f"processes, this run has {jax.process_count()}: resume with "
+                     f"--num_processes={min(saved)} (each process's data position is saved)")
 
 
 def read_json(mngr, step: int) -> tuple[dict, dict]:

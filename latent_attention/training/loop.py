@@ -182,6 +182,7 @@ def _resume(config, workdir: str, mngr):
     state = exp.init_state(jax.random.key(config.seed))
     resume.check_config(saved_config, config, saved_params, state.params, step, workdir)
     data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
+    checkpoint.check_process_count(mngr, step)  # a user error, not an unreadable checkpoint.
     try:
       state = checkpoint.restore(
           mngr, step, checkpoint.abstract(state, exp.state_sharding), data_iter)
