@@ -7,9 +7,9 @@ Arguments (comma-separated): an attention variant of lm_shakespeare.VARIANTS (de
 optional `perceiver_ar` (cross-attention + one self-attention layer over the last M = 16
 positions: only queries there are scored), `zoology` (Zoology's figure-2 recipe at T=64 with 4
 pairs, as far as a CPU allows: one head, no MLP, d_model 64, batch 512, 5 passes over a fixed
-set of 100k examples, cosine decay), `multihead` (with `zoology`: keep the variant's own heads,
-4 of 32 as in lm_shakespeare, instead of Zoology's single head of 64; for the kinds that need
-several heads) and `runlocal`. The reported `accuracy` is recall accuracy:
+set of 100k examples, cosine decay), `multihead` (with `zoology`: the variant's own 4 heads,
+each 16 wide so that they split d_model = 64, instead of Zoology's single head of 64; for the
+kinds that need several heads) and `runlocal`. The reported `accuracy` is recall accuracy:
 only query positions are scored.
 
   python train.py --config=configs/lm_mqar.py:mha,zoology --workdir=/tmp/mqar_zoology
@@ -88,7 +88,10 @@ def get_config(arg: str = "mha") -> ml_collections.ConfigDict:
     # logspace(1e-4, 1e-2, 4) (2.2e-3 here), 100k training examples for up to 64 epochs. Here
     # 5 epochs: a 20-epoch run had 99.9% validation recall after its 5th (a CPU budget).
     config.model.update(d_model=64, mlp_dim=0)
-    if "multihead" not in args:
+    if "multihead" in args:  # 4 heads of 16 (GQA/GTA: 2 KV heads; RoPE on half of a key).
+      config.model.attention.update(head_dim=16, qk_nope_head_dim=16, v_head_dim=16,
+                                    qk_rope_head_dim=8)
+    else:
       config.model.attention.update(num_heads=1, num_kv_heads=1, head_dim=64)
     config.data.update(seq_len=64, num_kv_pairs=4, num_train_examples=100_000)
     steps_per_epoch = config.data.num_train_examples // 512

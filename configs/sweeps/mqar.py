@@ -23,7 +23,7 @@ Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 48 runs (GPU-sized
 512, 5 epochs; ~9 minutes a run) for the kinds that exist with one head (mha, mla at d_c = 8 and
 64, tpa, lowrank_gated), seeds 0 and 1; `zoology_lr` = Zoology's learning-rate grid
 logspace(1e-4, 1e-2, 4) for mha under that recipe (seed 0; 2.2e-3 is `zoology`'s mha);
-`zoology_heads` = the same recipe with the kinds' own 4 heads of 32 (lm_mqar.py's `multihead`)
+`zoology_heads` = the same recipe with 4 heads of 16 (lm_mqar.py's `multihead`)
 for mha and the kinds that need several heads (gqa, mqa, gta, gla), seeds 0 and 1.
 """
 
