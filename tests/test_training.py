@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from latent_attention.training import (checkpoint, config_files, decode_drift, loop,
-                                       metrics as metrics_lib, steps)
+                                       metrics as metrics_lib, resume, steps)
 from latent_attention.training.evaluate import evaluate_workdir, restore_experiment
 from latent_attention.training.loop import NonFiniteLossError, train_and_evaluate
 
@@ -197,6 +197,19 @@ def test_resume_refuses_another_training_stream_and_says_what_changes(trained_lm
   train_and_evaluate(runlocal(num_steps=25, learning_rate=3e-3), workdir)
   assert ("Resuming with a changed schedule (train.learning_rate 0.002 -> 0.003, "
           "train.num_steps 20 -> 25): training continues from step 20 to 25") in caplog.text
+
+
+def test_fields_added_since_a_checkpoint_compare_as_their_defaults():
+  """A config saved before some fields existed (here the GLA, TPA and CLA fields, fsdp) is the
+  same config, so finished sweep runs are not retrained; a new field at another value is not."""
+  new = runlocal().to_dict()
+  saved = json.loads(json.dumps(new))
+  for key in ("gla_latent_heads", "tpa_q_rank", "mla_kv_norm"):
+    del saved["model"]["attention"][key]
+  del saved["model"]["kv_share_every"], saved["train"]["fsdp"]
+  assert not resume.changes(saved, new)
+  new["model"]["kv_share_every"] = 2
+  assert resume.changes(saved, new) == {"model.kv_share_every": (1, 2)}
 
 
 def test_unreadable_latest_checkpoint_is_set_aside_and_training_resumes(trained_lm, tmp_path,

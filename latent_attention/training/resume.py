@@ -6,6 +6,7 @@ Schedule fields (num_steps, learning rate, warm-up, decay) may change: it says w
 do. Any other difference is listed once and takes its new value.
 """
 
+import dataclasses
 import json
 from typing import Any
 
@@ -13,6 +14,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from latent_attention import models
 from latent_attention.training import state as state_lib
 
 # Fields that may differ without changing the saved input-pipeline position or parameters.
@@ -20,10 +22,11 @@ DATA_FREE = ("data.eval_split", "data.test_split", "data.eval_window_targets", "
              "data.worker_count")
 STREAM = ("seed", "train.batch_size")
 # Fields added since some checkpoints were saved: absent there means this value (the behaviour
-# before the field existed).
+# before the field existed). Model fields need no entry: a saved model section is read with its
+# dataclass's defaults, which keep the behaviour from before each field.
 ADDED_DEFAULTS = {"data.tokenizer": "char", "data.vocab_size": 0,
                   "data.tokenizer_train_chars": 10_000_000, "data.token_cache_dir": None,
-                  "train.fsdp": 1}
+                  "train.fsdp": 1, "train.init_from": ""}
 SCHEDULE = ("train.num_steps", "train.learning_rate", "train.warmup_steps", "train.decay_steps",
             "train.end_learning_rate")
 
@@ -44,11 +47,20 @@ def changes(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:
 
   Both sides are compared as JSON reads them back (a saved tuple is a list).
   """
+  saved = {**saved, "model": _with_model_defaults(saved["model"])} if "model" in saved else saved
   a, b = flatten(json.loads(json.dumps(saved))), flatten(json.loads(json.dumps(new)))
   for k, v in ADDED_DEFAULTS.items():
     if k in b and k not in a:
       a[k] = v
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _with_model_defaults(model: dict) -> dict:
+  """`model` with every field it lacks at its dataclass default (as the run would read it)."""
+  try:
+    return dataclasses.asdict(models.parse_config(model))
+  except (ValueError, TypeError):  # a field since removed or renamed: compared as saved.
+    return model
 
 
 def _fmt(diff: dict) -> str:
