@@ -1,6 +1,7 @@
 """Sweeps: a tiny --runlocal sweep end to end, reruns, failures, and the shipped sweep files."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,14 @@ def test_sweep_end_to_end_rerun_skips_and_failure_is_reported(tiny_sweep, tmp_pa
   assert [(r["name"], r["status"]) for r in outcome.rows] == [
       ("kindmla", "ok"), ("mha", "ok"), ("broken", "failed")]
   assert outcome.rows[2]["error"] == "RuntimeError: retrained"
+  # A result written before a model field existed has the same config: still skipped.
+  with open(results["mha"]) as f:
+    older = json.load(f)
+  del older["config"]["model"]["attention"]["gla_latent_heads"]
+  with open(results["mha"], "w") as f:
+    json.dump(older, f)
+  sweep_lib.run_sweep(tiny_sweep, workdir, runlocal=True, only=["mha"])
+  assert trained == ["broken"]
 
   # A changed config is not skipped, and its old checkpoint is not resumed.
   with open(tiny_sweep, "w") as f:
@@ -108,6 +117,8 @@ def test_sweep_end_to_end_rerun_skips_and_failure_is_reported(tiny_sweep, tmp_pa
   assert row["status"] == "failed"
   assert "holds a checkpoint (step 10) trained with another config (train.num_steps: 10 -> 12)" \
       in row["error"]
+  with open(os.path.join(workdir, "mha", "result.previous.json")) as f:
+    assert json.load(f)["status"] == "ok"  # the finished run's row is kept aside.
 
 
 def test_interrupted_run_stops_the_sweep(tiny_sweep, tmp_path, monkeypatch):

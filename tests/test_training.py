@@ -199,6 +199,21 @@ def test_resume_refuses_another_training_stream_and_says_what_changes(trained_lm
           "train.num_steps 20 -> 25): training continues from step 20 to 25") in caplog.text
 
 
+def test_a_finished_run_evaluates_without_its_input_position(trained_lm, tmp_path):
+  """A finished run's data position is not restored: one saved by another input pipeline (here
+  a foreign state) neither fails the run nor gets its checkpoint set aside."""
+  workdir = copy(trained_lm, tmp_path)
+  path = os.path.join(workdir, "checkpoints", "20", "data", "process_0-of-1.json")
+  with open(path) as f:
+    saved = json.load(f)
+  with open(path, "w") as f:
+    json.dump({**saved, "sampler": "IndexSampler(num_records=7)"}, f)
+  result = train_and_evaluate(runlocal(), workdir)
+  assert result["step"] == 20 and np.isfinite(result["eval"]["loss"])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  assert not os.path.exists(os.path.join(workdir, checkpoint.UNREADABLE))  # not retrained.
+
+
 def test_fields_added_since_a_checkpoint_compare_as_their_defaults():
   """A config saved before some fields existed (here the GLA, TPA and CLA fields, fsdp) is the
   same config, so finished sweep runs are not retrained; a new field at another value is not."""

@@ -183,9 +183,11 @@ def _resume(config, workdir: str, mngr):
     resume.check_config(saved_config, config, saved_params, state.params, step, workdir)
     data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
     checkpoint.check_process_count(mngr, step)  # a user error, not an unreadable checkpoint.
+    # A finished run has no input position left to restore (nor one of an older pipeline).
+    restore_iter = data_iter if step < tcfg.num_steps else None
     try:
       state = checkpoint.restore(
-          mngr, step, checkpoint.abstract(state, exp.state_sharding), data_iter)
+          mngr, step, checkpoint.abstract(state, exp.state_sharding), restore_iter)
     except Exception as e:  # pylint: disable=broad-except
       unreadable[step] = e
       continue

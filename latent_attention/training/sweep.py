@@ -181,13 +181,14 @@ def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
       config.seed = seed
     config_json = _as_json(config.to_dict())
     previous = _read(os.path.join(run_dir, RESULT))
-    if previous and previous["status"] == "ok" and previous["config"] == config_json:
+    if (previous and previous["status"] == "ok"
+        and not resume.changes(previous["config"], config_json)):  # fields added since: equal.
       logging.info("%s: finished earlier with the same config, skipped", name)
       return None
-    for stale in (RESULT, ERROR):  # an older config's row, or a failed try's.
+    _check_resumable(run_dir, config_json)  # before anything of the old run is removed.
+    for stale in (RESULT, ERROR):  # a failed try's row, or one whose checkpoints were moved.
       if os.path.exists(os.path.join(run_dir, stale)):
         os.remove(os.path.join(run_dir, stale))
-    _check_resumable(run_dir, config_json)
     start = time.perf_counter()
     trained = loop.train_and_evaluate(config, run_dir)
     if trained.get("interrupted"):
@@ -206,6 +207,9 @@ def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
     logging.error("%s failed (%s); traceback in %s", name, error, os.path.join(run_dir, ERROR))
     row = {**(_describe(name, config) if config else {"name": name}),
            "status": "failed", "error": error}
+    kept = _read(os.path.join(run_dir, RESULT))
+    if kept and kept["status"] == "ok":  # another config's finished run: kept, not overwritten.
+      os.replace(os.path.join(run_dir, RESULT), os.path.join(run_dir, "result.previous.json"))
   checkpoint.dump_json(os.path.join(run_dir, RESULT), {**row, "config": config_json})
   return None
 
