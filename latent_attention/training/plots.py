@@ -36,8 +36,9 @@ def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
   if bars:
     ax.errorbar(*zip(*bars), fmt="none", ecolor="C0", capsize=3, zorder=3,
                 label="± 1 std over seeds")
-  for x, y, name in points:
-    ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+  for i, (x, y, name) in enumerate(points):  # neighbours alternate above and below the point.
+    ax.annotate(name, (x, y), xytext=(4, 4 if i % 2 == 0 else -12), textcoords="offset points",
+                fontsize=8)
   front = pareto_front([(x, y) for x, y, _ in points], lower_is_better=metric == "perplexity")
   ax.plot([x for x, _ in front], [y for _, y in front], "--", color="gray", zorder=2,
           label="Pareto front")
