@@ -15,11 +15,9 @@ length, YaRN scaling of RoPE, ...); their results go to eval_results_<overrides>
 
 import json
 
-import jax
 from absl import flags
 
 from latent_attention import cli
-from latent_attention.training.evaluate import evaluate_workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default: latest).",
@@ -41,7 +39,6 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  _INITIALIZE_DISTRIBUTED()
   overrides = {}
   for item in _OVERRIDE.value:
     key, sep, value = item.partition("=")
@@ -51,6 +48,10 @@ def main(argv):
     overrides[key] = value
   if _SEQ_LEN.value:
     overrides["data.seq_len"] = str(_SEQ_LEN.value)
+  # pylint: disable=import-outside-toplevel  (JAX loads after the flags are checked, as train.py)
+  import jax
+  from latent_attention.training.evaluate import evaluate_workdir
+  _INITIALIZE_DISTRIBUTED()
   results = evaluate_workdir(_WORKDIR.value, _STEP.value, plot_attention=_PLOT.value,
                              plot_curves=_CURVES.value, overrides=overrides)
   sample = results.pop("sample", None)

@@ -11,12 +11,10 @@ A user error (bad flag, config, workdir, missing dataset) ends with one line on 
 --traceback shows the full traceback.
 """
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
 from latent_attention import cli
-from latent_attention.training.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and argument, e.g. configs/lm_shakespeare.py:mla.",
@@ -28,6 +26,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # JAX and the training loop load once flags and config have parsed: a user error there
+  # reports in a fraction of a second.
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from latent_attention.training.loop import train_and_evaluate
   _INITIALIZE_DISTRIBUTED()
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result.get("sample") and jax.process_index() == 0:  # every process samples the same text.

@@ -9,6 +9,14 @@ Einsum letters used in every array name (e.g. `q_BTNH`), defined once here:
   M latents             V vocabulary            F MLP hidden width
 """
 
-from latent_attention.kv_cache import kv_cache_bytes, kv_cache_formula_bytes
+import importlib
 
 __all__ = ["kv_cache_bytes", "kv_cache_formula_bytes"]
+
+
+def __getattr__(name):
+  """`latent_attention.kv_cache_bytes` etc., loaded on first use (PEP 562) so that importing a
+  submodule (the command-line entry points' flag and config parsing) does not import JAX."""
+  if name in __all__:
+    return getattr(importlib.import_module("latent_attention.kv_cache"), name)
+  raise AttributeError(f"module 'latent_attention' has no attribute {name!r}")

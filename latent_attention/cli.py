@@ -10,7 +10,6 @@ import difflib
 import os
 import sys
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 
@@ -90,6 +89,7 @@ def define_distributed_flags():
     if not enable.value and all(v is None for v in given.values()):
       return
     check_distributed(**given)
+    import jax  # pylint: disable=import-outside-toplevel  (user errors before it stay fast)
     try:
       jax.distributed.initialize(**given)
     except ValueError as e:  # JAX names a value that neither the flags nor the cluster gave.

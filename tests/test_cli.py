@@ -115,3 +115,13 @@ def test_resuming_another_model_is_refused(trained_lm, tmp_path):
       "workdir holds model.name='lm'")
   assert "Evaluating" not in out.stderr  # refused before evaluating.
   assert not os.path.exists(os.path.join(workdir, "eval_results.json"))
+
+
+def test_flag_and_config_file_errors_come_before_jax_is_imported():
+  """The package and cli import no JAX: train.py reports a missing config file (and eval.py a
+  bad --override) without paying JAX's import, which is most of an entry point's start-up."""
+  code = ("import sys, latent_attention, latent_attention.cli; "
+          "assert 'jax' not in sys.modules, 'jax imported'; "
+          "assert callable(latent_attention.kv_cache_bytes) and 'jax' in sys.modules")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
