@@ -23,8 +23,8 @@ fraction of the per-step cost (Zoology's recipe cycles a fixed set for epochs); 
 import time
 
 import grain.python as grain
-from absl import logging
 import numpy as np
+from absl import logging
 
 from latent_attention.data import sources
 

@@ -181,8 +181,8 @@ def _resume(config, workdir: str, mngr):
     exp = setup(config, metadata)
     state = exp.init_state(jax.random.key(config.seed))
     resume.check_config(saved_config, config, saved_params, state.params, step, workdir)
-    data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
     checkpoint.check_process_count(mngr, step)  # a user error, not an unreadable checkpoint.
+    data_iter = iter(exp.dataset.train_loader(tcfg.batch_size, config.seed))
     # A finished run has no input position left to restore (nor one of an older pipeline).
     restore_iter = data_iter if step < tcfg.num_steps else None
     try:
