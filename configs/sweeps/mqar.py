@@ -21,10 +21,11 @@ Sizes (the argument): default = (T, pairs) = (64, 4) at d_model 64, 11 runs of 3
 Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 48 runs (GPU-sized);
 `zoology` = lm_mqar.py's `zoology` recipe at (64, 4) (one head, attention-only blocks, batch
 512, 5 epochs; ~9 minutes a run) for the kinds that exist with one head (mha, mla at d_c = 8 and
-64, tpa, lowrank_gated), seeds 0 and 1; `zoology_lr` = Zoology's learning-rate grid
-logspace(1e-4, 1e-2, 4) for mha under that recipe (seed 0; 2.2e-3 is `zoology`'s mha);
+64, tpa, lowrank_gated, perceiver_ar with M = 16), seeds 0 and 1; `zoology_lr` = Zoology's
+learning-rate grid logspace(1e-4, 1e-2, 4) for mha under that recipe (seed 0; 2.2e-3 is
+`zoology`'s mha);
 `zoology_heads` = the same recipe with 4 heads of 16 (lm_mqar.py's `multihead`)
-for mha and the kinds that need several heads (gqa, mqa, gta, gla), seeds 0 and 1.
+for mha and the kinds that need several heads (gqa, mqa, gta, gla, head_gated), seeds 0 and 1.
 """
 
 import ml_collections
@@ -42,8 +43,8 @@ KINDS = {  # run name prefix -> (config argument, dotted overrides)
     "head_gated": ("head_gated", {}),
     "perceiver_ar_m16": ("mha,perceiver_ar", {"model.num_latents": 16}),
 }
-ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "tpa", "lowrank_gated")
-MULTIHEAD_KINDS = ("mha", "gqa", "mqa", "gta", "gla2_c32")
+ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "tpa", "lowrank_gated", "perceiver_ar_m16")
+MULTIHEAD_KINDS = ("mha", "gqa", "mqa", "gta", "gla2_c32", "head_gated")
 ZOOLOGY_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # np.logspace(-4, -2, 4), rounded to 2 digits.
 SIZES = {
     "": ([(64, 4)], [64]),
