@@ -11,19 +11,20 @@ r"""MQAR recall vs KV-cache bytes (Zoology, arXiv 2312.04927, figure 2 scaled to
 2-layer LMs on multi-query associative recall (configs/lm_mqar.py: vocabulary 8192) with every
 attention kind: mha, gqa (2 KV heads), mqa, mla with a tight and a loose latent (d_c = 8, 64),
 gla (the loose latent in two heads), gta (2 tied KV heads), tpa (ranks 6/2/2),
-lowrank_gated, head_gated (2 of 4 heads) and perceiver_ar with few latents (M = 16, so only the
-queries among the last 16 positions are scored). The `accuracy` column is recall accuracy.
+lowrank_gated, head_gated (2 of 4 heads), perceiver_ar with few latents (M = 16, so only the
+queries among the last 16 positions are scored) and mha with CLA (layer 2 reuses layer 1's
+keys and values). The `accuracy` column is recall accuracy.
 Expectation to check, not to force: full attention solves the task, tight bottlenecks (small
 d_c, few latents, few kept heads) lose recall as the number of key-value pairs grows.
 
-Sizes (the argument): default = (T, pairs) = (64, 4) at d_model 64, 11 runs of 3000 steps
-(about 70 minutes on 2 CPU cores); `t128` = (128, 8) at d_model 64 (twice that); `full` =
-Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 48 runs (GPU-sized);
+Sizes (the argument): default = (T, pairs) = (64, 4) at d_model 64, 12 runs of 3000 steps
+(about 75 minutes on 2 CPU cores); `t128` = (128, 8) at d_model 64 (twice that); `full` =
+Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 72 runs (GPU-sized);
 `zoology` = lm_mqar.py's `zoology` recipe at (64, 4) (one head, attention-only blocks, batch
 512, 5 epochs; ~9 minutes a run) for the kinds that exist with one head (mha, mla at d_c = 8 and
-64, tpa, lowrank_gated, perceiver_ar with M = 16), seeds 0 and 1; `zoology_lr` = Zoology's
-learning-rate grid logspace(1e-4, 1e-2, 4) for mha under that recipe (seed 0; 2.2e-3 is
-`zoology`'s mha);
+64, tpa, lowrank_gated, perceiver_ar with M = 16, mha with CLA), seeds 0 and 1; `zoology_lr` =
+Zoology's learning-rate grid logspace(1e-4, 1e-2, 4) for mha under that recipe (seed 0; 2.2e-3
+is `zoology`'s mha);
 `zoology_heads` = the same recipe with 4 heads of 16 (lm_mqar.py's `multihead`)
 for mha and the kinds that need several heads (gqa, mqa, gta, gla, head_gated), seeds 0 and 1.
 """
@@ -42,8 +43,11 @@ KINDS = {  # run name prefix -> (config argument, dotted overrides)
     "lowrank_gated": ("lowrank_gated", {}),
     "head_gated": ("head_gated", {}),
     "perceiver_ar_m16": ("mha,perceiver_ar", {"model.num_latents": 16}),
+    # CLA (arXiv 2405.12981): the second layer reuses the first's keys and values.
+    "mha_cla2": ("mha", {"model.kv_share_every": 2}),
 }
-ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "tpa", "lowrank_gated", "perceiver_ar_m16")
+ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "tpa", "lowrank_gated", "perceiver_ar_m16",
+                 "mha_cla2")
 MULTIHEAD_KINDS = ("mha", "gqa", "mqa", "gta", "gla2_c32", "head_gated")
 ZOOLOGY_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # np.logspace(-4, -2, 4), rounded to 2 digits.
 SIZES = {
