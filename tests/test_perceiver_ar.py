@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax
 import pytest
 from flax import linen as nn
 
@@ -116,6 +117,26 @@ def test_generate_greedy_matches_argmax_of_full_forward(variant):
   seq_BT = jnp.concatenate([prompt_BT, new_BN], axis=1)
   logits_BLV = apply({"params": params}, seq_BT, num_latents=M + 4)
   np.testing.assert_array_equal(jnp.argmax(logits_BLV[:, M - 1:-1], -1), new_BN)
+
+
+def test_attention_only_blocks_equal_mlps_that_add_nothing():
+  """mlp_dim=0 (Zoology's MQAR recipe) drops every MLP: the logits are those of the model with
+  MLPs whose down-projections are zero, on the same other parameters."""
+  cfg, model, params, tokens_BT, apply = _setup(VARIANTS[0])
+  bare = tiny_config(VARIANTS[0][0], **dict(VARIANTS[0][1]))
+  bare.mlp_dim = 0
+  bare_model = build_model(bare)
+  bare_params = jax.eval_shape(bare_model.init, jax.random.key(0), tokens_BT)["params"]
+  flat = flax.traverse_util.flatten_dict(params)
+  kept = {k: v for k, v in flat.items() if not any("mlp" in part for part in k)}  # and norms.
+  assert set(kept) == set(flax.traverse_util.flatten_dict(bare_params))
+  zeroed = {k: jnp.zeros_like(v) if "down" in k and any(p.endswith("mlp") for p in k) else v
+            for k, v in flat.items()}
+  assert sum(v is not flat[k] for k, v in zeroed.items()) == 1 + cfg.num_layers
+  assert_f32_close(
+      bare_model.apply({"params": flax.traverse_util.unflatten_dict(kept)}, tokens_BT),
+      apply({"params": flax.traverse_util.unflatten_dict(zeroed)}, tokens_BT),
+      terms=lm_terms(cfg, T, layers=cfg.num_layers + 1))
 
 
 def test_bad_config_errors():

@@ -37,15 +37,15 @@ class PerceiverARConfig:
   d_model: int = 128  # D.
   num_latents: int = 64  # M, the last M positions of the window.
   num_layers: int = 4  # latent self-attention blocks after the cross-attention.
-  mlp_dim: int = 512  # F, hidden width of the GELU MLP.
+  mlp_dim: int = 512  # F, hidden width of the GELU MLP; 0 = attention-only blocks (Zoology).
   tie_embeddings: bool = True  # output head = embedding matrix transposed.
   dtype: str = "float32"  # compute dtype (float32|bfloat16|float16); params stay float32.
   attention: AttentionConfig = AttentionConfig()  # cross- and self-attention.
 
   def __post_init__(self):
     check_fields(self, "model",
-                 positive=("vocab_size", "d_model", "num_latents", "num_layers", "mlp_dim"),
-                 choices={"dtype": tuple(DTYPES)})
+                 positive=("vocab_size", "d_model", "num_latents", "num_layers"),
+                 non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES)})
 
 
 class PerceiverAR(nn.Module):
@@ -94,8 +94,9 @@ class PerceiverAR(nn.Module):
     else:
       y_BMD = cross(h_BTD[:, t - m:], kv_BSD=h_BTD, pos_BT=pos_BT[:, t - m:], kv_pos_BS=pos_BT)
     z_BMD = x_BTD[:, t - m:] + y_BMD
-    h_BMD = projection.RMSNorm(dtype=dtype, name="cross_mlp_norm")(z_BMD)
-    z_BMD = z_BMD + Mlp(cfg.mlp_dim, dtype, name="cross_mlp")(h_BMD)
+    if cfg.mlp_dim:
+      h_BMD = projection.RMSNorm(dtype=dtype, name="cross_mlp_norm")(z_BMD)
+      z_BMD = z_BMD + Mlp(cfg.mlp_dim, dtype, name="cross_mlp")(h_BMD)
     for i in range(cfg.num_layers):
       # models/lm.py's block reads only d_model, mlp_dim, dtype and attention from its config.
       z_BMD, _ = Block(cfg, name=f"block_{i}")(z_BMD, latent_pos_BM, None, decode)
