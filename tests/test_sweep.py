@@ -168,6 +168,7 @@ def test_seeds_give_one_row_per_seed_an_aggregate_table_and_resume(tiny_sweep, t
   monkeypatch.setattr(sweep_lib.evaluate, "evaluate_workdir", fake_eval)
   monkeypatch.setattr(sweep_lib.benchmarking, "benchmark",
                       lambda *a, **k: {"step_time_s": 0.01, "tokens_per_s": 1e3})
+  monkeypatch.setattr(sweep_lib, "_decode_point", lambda *a: {"decode_ms_per_step": 1.0})
   workdir = str(tmp_path / "sweep")
   outcome = sweep_lib.run_sweep(tiny_sweep, workdir, runlocal=True, only=["mha", "kindmla"],
                                 num_seeds=2)
