@@ -158,6 +158,20 @@ def test_processes_agree_on_a_signal_at_the_same_step(monkeypatch):
   assert stop.agreed(15, every=5) == "SIGTERM" and gathered == [0, 1]
 
 
+def test_a_signal_caught_before_a_nested_flag_stops_it_too():
+  """A sweep's flag caught Ctrl-C while the next run prepared its data: the run's own flag,
+  entered afterwards, must stop at once rather than train the whole run first."""
+  from latent_attention.training import loop
+  with loop.StopFlag() as outer:
+    with loop.StopFlag() as inner:
+      assert inner.signal is None
+    os.kill(os.getpid(), signal.SIGINT)
+    assert outer.signal == "SIGINT"
+    with loop.StopFlag() as inner:
+      assert inner.signal == "SIGINT"
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("flags,error", [
     (dict(process_id=2, num_processes=2),
      "--process_id=2 is invalid: must be in 0..1 (--num_processes=2)"),

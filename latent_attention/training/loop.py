@@ -130,6 +130,11 @@ class StopFlag:
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
+      # Nested in another flag (a sweep around its runs): a signal that flag already caught
+      # (say while the next run generated its data) stops this one too, not after it.
+      outer = getattr(self._previous[sig], "__self__", None)
+      if isinstance(outer, StopFlag) and outer.signal and not self.signal:
+        self.signal = outer.signal
     return self
 
   def _handle(self, signum, frame):
