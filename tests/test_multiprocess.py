@@ -162,6 +162,7 @@ def test_a_signal_caught_before_a_nested_flag_stops_it_too():
   """A sweep's flag caught Ctrl-C while the next run prepared its data: the run's own flag,
   entered afterwards, must stop at once rather than train the whole run first."""
   from latent_attention.training import loop
+  before = signal.getsignal(signal.SIGINT)
   with loop.StopFlag() as outer:
     with loop.StopFlag() as inner:
       assert inner.signal is None
@@ -169,7 +170,7 @@ def test_a_signal_caught_before_a_nested_flag_stops_it_too():
     assert outer.signal == "SIGINT"
     with loop.StopFlag() as inner:
       assert inner.signal == "SIGINT"
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 @pytest.mark.parametrize("flags,error", [
