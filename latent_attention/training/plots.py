@@ -25,8 +25,8 @@ def pareto_front(points, lower_is_better=True):
 
 def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
   """`metric` (perplexity: lower is better; accuracy: higher) vs KV-cache bytes per token (log
-  x), points labelled, the Pareto front dashed; rows with `<metric>_std` (several seeds: the
-  metric is their mean) get that standard deviation as error bars."""
+  x), points labelled, the Pareto front dashed and ringed; rows with `<metric>_std` (several
+  seeds: the metric is their mean) get that standard deviation as error bars."""
   points = sorted((r["kv_bytes_per_token"], r[metric], r["name"]) for r in rows)
   fig = Figure(figsize=(7, 5), layout="constrained")
   ax = fig.subplots()
@@ -40,8 +40,9 @@ def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
     ax.annotate(name, (x, y), xytext=(4, 4 if i % 2 == 0 else -12), textcoords="offset points",
                 fontsize=8)
   front = pareto_front([(x, y) for x, y, _ in points], lower_is_better=metric == "perplexity")
-  ax.plot([x for x, _ in front], [y for _, y in front], "--", color="gray", zorder=2,
-          label="Pareto front")
+  # Front points ringed: a front of one point (one run dominates) has no line to show.
+  ax.plot([x for x, _ in front], [y for _, y in front], "--o", color="gray", zorder=2,
+          markersize=11, markerfacecolor="none", label="Pareto front")
   ax.set_xscale("log")
   ax.margins(x=0.15)  # room for the labels of the outermost points.
   ax.set_xlabel("KV-cache bytes per token (measured, all layers)")
