@@ -193,6 +193,12 @@ def test_resume_refuses_another_training_stream_and_says_what_changes(trained_lm
     config.seed = 1
     train_and_evaluate(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+  config = runlocal(num_steps=25)
+  config.data.worker_count = 1  # the same stream, but Grain cannot restore another count.
+  with pytest.raises(ValueError, match=re.escape(
+      f"--workdir={workdir} holds step 20 of a data position saved with data.worker_count=0 "
+      "(Grain keeps one per worker; this run has 1): resume with --config.data.worker_count=0")):
+    train_and_evaluate(config, workdir)
   caplog.set_level("INFO")
   train_and_evaluate(runlocal(num_steps=25, learning_rate=3e-3), workdir)
   assert ("Resuming with a changed schedule (train.learning_rate 0.002 -> 0.003, "

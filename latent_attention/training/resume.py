@@ -17,7 +17,8 @@ from absl import logging
 from latent_attention import models
 from latent_attention.training import state as state_lib
 
-# Fields that may differ without changing the saved input-pipeline position or parameters.
+# Data fields that leave the stream and the parameters as they were (data.worker_count: the
+# same stream, but Grain saves the position per worker, so an unfinished run keeps its count).
 DATA_FREE = ("data.eval_split", "data.test_split", "data.eval_window_targets", "data.data_dir",
              "data.worker_count")
 STREAM = ("seed", "train.batch_size")
@@ -92,6 +93,11 @@ def check_config(saved_config: dict, config, saved_params, new_params, step: int
     raise ValueError(f"{where} another training stream ({_fmt(stream)}); the saved data "
                      "position does not apply: resume with the saved values or train in a new "
                      "--workdir")
+  workers = diff.get("data.worker_count")
+  if workers and step < config.train.num_steps:  # a finished run restores no data position.
+    raise ValueError(f"{where} a data position saved with data.worker_count={workers[0]} "
+                     f"(Grain keeps one per worker; this run has {workers[1]}): resume with "
+                     f"--config.data.worker_count={workers[0]} or train in a new --workdir")
   schedule = {k: v for k, v in diff.items() if k in SCHEDULE}
   if schedule:
     old_lr = state_lib.learning_rate_schedule(
