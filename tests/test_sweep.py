@@ -259,7 +259,8 @@ def test_attention_sweeps_match_mha_parameters_within_1_percent(spec):
     *((spec, True) for spec in ("lm_attention.py", "lm_attention.py:large", "lm1b_attention.py")),
     *((spec, runlocal) for spec in ("mla_rank.py", "perceiver_latents.py", "mqar.py",
                                     "mqar.py:zoology", "mqar.py:zoology_lr",
-                                    "mqar.py:zoology_heads") for runlocal in (False, True))])
+                                    "mqar.py:zoology_heads", "mqar.py:zoology_lr_tight")
+                          for runlocal in (False, True))])
 def test_shipped_sweeps_build_valid_models(spec, runlocal):
   sweep = config_files.load(os.path.join(SWEEPS, spec))
   for name, run in sweep_lib.expand(sweep).items():

@@ -7,6 +7,7 @@ r"""MQAR recall vs KV-cache bytes (Zoology, arXiv 2312.04927, figure 2 scaled to
   python scripts/sweep.py --sweep=configs/sweeps/mqar.py:zoology --workdir=/tmp/mqar_zoology
   python scripts/sweep.py --sweep=configs/sweeps/mqar.py:zoology_lr --workdir=/tmp/mqar_lr
   python scripts/sweep.py --sweep=configs/sweeps/mqar.py:zoology_heads --workdir=/tmp/mqar_heads
+  python scripts/sweep.py --sweep=configs/sweeps/mqar.py:zoology_lr_tight --workdir=/tmp/mqar_lr_tight
 
 2-layer LMs on multi-query associative recall (configs/lm_mqar.py: vocabulary 8192) with every
 attention kind: mha, gqa (2 KV heads), mqa, mla with a tight and a loose latent (d_c = 8, 64),
@@ -26,7 +27,9 @@ Zoology's {(64, 4), (128, 8), (256, 16)} x d_model {64, 128}, 72 runs (GPU-sized
 Zoology's learning-rate grid logspace(1e-4, 1e-2, 4) for mha under that recipe (seed 0; 2.2e-3
 is `zoology`'s mha);
 `zoology_heads` = the same recipe with 4 heads of 16 (lm_mqar.py's `multihead`)
-for mha and the kinds that need several heads (gqa, mqa, gta, gla, head_gated), seeds 0 and 1.
+for mha and the kinds that need several heads (gqa, mqa, gta, gla, head_gated), seeds 0 and 1;
+`zoology_lr_tight` = the tight one-head bottlenecks (mla d_c = 8, tpa, lowrank_gated) at mha's
+best rate of the grid, 1e-2 (seed 0): is their gap to mha a matter of their rate?
 """
 
 import ml_collections
@@ -49,6 +52,7 @@ KINDS = {  # run name prefix -> (config argument, dotted overrides)
 ZOOLOGY_KINDS = ("mha", "mla_c8", "mla_c64", "tpa", "lowrank_gated", "perceiver_ar_m16",
                  "mha_cla2")
 MULTIHEAD_KINDS = ("mha", "gqa", "mqa", "gta", "gla2_c32", "head_gated")
+TIGHT_KINDS = ("mla_c8", "tpa", "lowrank_gated")
 ZOOLOGY_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # np.logspace(-4, -2, 4), rounded to 2 digits.
 SIZES = {
     "": ([(64, 4)], [64]),
@@ -57,13 +61,14 @@ SIZES = {
     "zoology": ([(64, 4)], [64]),
     "zoology_lr": ([(64, 4)], [64]),
     "zoology_heads": ([(64, 4)], [64]),
+    "zoology_lr_tight": ([(64, 4)], [64]),
 }
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in SIZES:
     raise ValueError(f"sweep argument {arg!r} is invalid: choose from '' (default), t128, full, "
-                     "zoology, zoology_lr, zoology_heads")
+                     "zoology, zoology_lr, zoology_heads, zoology_lr_tight")
   lengths, widths = SIZES[arg]
   sweep = ml_collections.ConfigDict()
   sweep.base = "configs/lm_mqar.py:mha"  # runs below name their own variant of lm_mqar.py.
@@ -72,11 +77,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   sweep.runlocal_overrides = ml_collections.ConfigDict(
       {"model.d_model": 64, "data.num_kv_pairs": 4}, allow_dotted_keys=True)
   sweep.runs = []
-  recipe = {"zoology": ",zoology", "zoology_lr": ",zoology",
+  recipe = {"zoology": ",zoology", "zoology_lr": ",zoology", "zoology_lr_tight": ",zoology",
             "zoology_heads": ",zoology,multihead"}.get(arg, "")
-  kinds = {"zoology": ZOOLOGY_KINDS, "zoology_lr": ("mha",),
+  kinds = {"zoology": ZOOLOGY_KINDS, "zoology_lr": ("mha",), "zoology_lr_tight": TIGHT_KINDS,
            "zoology_heads": MULTIHEAD_KINDS}.get(arg, tuple(KINDS))
-  lrs = ZOOLOGY_LRS if arg == "zoology_lr" else (None,)
+  lrs = {"zoology_lr": ZOOLOGY_LRS, "zoology_lr_tight": (1e-2,)}.get(arg, (None,))
   for (seq_len, pairs), width in ((lp, w) for lp in lengths for w in widths):
     for prefix in kinds:
       variant, overrides = KINDS[prefix]
