@@ -55,6 +55,8 @@ CASES = [
      "benchmark_decode.py: --variants: 'flash' is invalid: choose from mha, gqa, mqa"),
     ("scaling_kind", ["scripts/benchmark_scaling.py", "--kind=flash"],
      "benchmark_scaling.py: flag --kind=flash: value should be one of <mha|gqa|mqa|mla>"),
+    ("recall_errors_split", ["scripts/recall_errors.py", "--workdirs={tmp}", "--split=train"],
+     "recall_errors.py: flag --split=train: value should be one of <validation|test>"),
 ]
 
 
