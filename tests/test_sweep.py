@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from latent_attention.models import build_model
 from latent_attention.training import config_files, results as results_lib, sweep as sweep_lib
@@ -229,6 +230,22 @@ def test_pareto_front_follows_the_metric_direction(tmp_path):
   rows = [{"name": str(x), "kv_bytes_per_token": x, "accuracy": y} for x, y in points]
   results_lib.plots.quality_vs_cache(rows, str(tmp_path / "p.png"), "accuracy")
   assert os.path.getsize(tmp_path / "p.png") > 1000
+
+
+def test_labels_of_close_points_do_not_overlap():
+  """Two runs at nearly the same cost and quality (mla_c64 and mha on MQAR) and three at one
+  cost: every name stays readable."""
+  fig = Figure(figsize=(7, 5), layout="constrained")
+  ax = fig.subplots()
+  ax.set_xscale("log")
+  points = [(640, 0.9985, "mla_c64_T64_D64"), (1024, 0.1966, "perceiver_ar_m16_T64_D64"),
+            (1024, 0.9983, "mha_T64_D64"), (1024, 0.95, "gqa_T64_D64"), (128, 0.2, "low")]
+  ax.scatter([p[0] for p in points], [p[1] for p in points])
+  texts = results_lib.plots.place_labels(fig, ax, points)
+  renderer = fig.canvas.get_renderer()  # place_labels gave the figure an Agg canvas.
+  boxes = [t.get_window_extent(renderer) for t in texts]
+  assert [t.get_text() for t in texts] == [p[2] for p in points]
+  assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
 def _param_count(config):

@@ -6,6 +6,7 @@ display. Each takes the table rows of finished runs (see `training.sweep`).
 """
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
@@ -36,9 +37,6 @@ def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
   if bars:
     ax.errorbar(*zip(*bars), fmt="none", ecolor="C0", capsize=3, zorder=3,
                 label="± 1 std over seeds")
-  for i, (x, y, name) in enumerate(points):  # neighbours alternate above and below the point.
-    ax.annotate(name, (x, y), xytext=(4, 4 if i % 2 == 0 else -12), textcoords="offset points",
-                fontsize=8)
   front = pareto_front([(x, y) for x, y, _ in points], lower_is_better=metric == "perplexity")
   # Front points ringed: a front of one point (one run dominates) has no line to show.
   ax.plot([x for x, _ in front], [y for _, y in front], "--o", color="gray", zorder=2,
@@ -50,7 +48,31 @@ def quality_vs_cache(rows, path: str, metric: str = "perplexity") -> None:
   ax.set_title("Quality vs KV cache")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
+  place_labels(fig, ax, points)
   fig.savefig(path, dpi=DPI)
+
+
+# Offsets (points) tried in turn for a label: right of the point, above, then below, further
+# out, then left of it.
+_LABEL_SPOTS = ((4, 4), (4, -12), (4, 14), (4, -22), (-4, 4), (-4, -12), (4, 24), (4, -32))
+
+
+def place_labels(fig, ax, points) -> list:
+  """Labels each (x, y, name) at the first spot of _LABEL_SPOTS whose box overlaps no label
+  placed before (points at close cost and quality had overlapping names); returns the texts."""
+  renderer, boxes, texts = FigureCanvasAgg(fig).get_renderer(), [], []
+  fig.draw_without_rendering()  # the final limits and layout: boxes in display units.
+  for x, y, name in points:
+    for i, (dx, dy) in enumerate(_LABEL_SPOTS):
+      text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points",
+                         fontsize=8, ha="left" if dx > 0 else "right")
+      box = text.get_window_extent(renderer)
+      if i == len(_LABEL_SPOTS) - 1 or not any(box.overlaps(b) for b in boxes):
+        break
+      text.remove()
+    boxes.append(box)
+    texts.append(text)
+  return texts
 
 
 def accuracy_per_run(rows, path: str) -> None:
