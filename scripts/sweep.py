@@ -17,7 +17,7 @@ status is 1 when a run failed. Sweep files are described in latent_attention/tra
 from absl import flags
 
 from latent_attention import cli
-from latent_attention.training.sweep import run_sweep
+from latent_attention.training import config_files
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file[:arg], e.g. configs/sweeps/mla_rank.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per run.")
@@ -34,6 +34,9 @@ flags.mark_flags_as_required(["sweep", "workdir"])
 
 def main(argv):
   del argv
+  config_files.load(_SWEEP.value)  # a bad sweep file or argument fails before JAX loads.
+  # pylint: disable=import-outside-toplevel
+  from latent_attention.training.sweep import run_sweep
   outcome = run_sweep(_SWEEP.value, _WORKDIR.value, _RUNLOCAL.value, _ONLY.value, _SEEDS.value)
   with open(f"{_WORKDIR.value}/results.md") as f:
     print(f.read())
