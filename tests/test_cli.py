@@ -5,11 +5,14 @@ about one interpreter start-up per core.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+from latent_attention.training import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LM = "--config=configs/lm_shakespeare.py:mla,runlocal"
@@ -96,7 +99,7 @@ def test_traceback_flag_shows_the_traceback(tmp_path):
   assert "Traceback" in out.stderr and "config argument 'mlaa' is invalid" in out.stderr
 
 
-def test_resuming_another_model_is_refused(trained_lm, tmp_path):
+def test_resuming_another_model_is_refused(trained_lm, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_lm, workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
@@ -109,13 +112,15 @@ def test_resuming_another_model_is_refused(trained_lm, tmp_path):
                   "(model.d_model 32 -> 64); resume with the saved values or train in a new "
                   "--workdir"), last
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
-  out = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}", "--plot_attention"],
-                       cwd=ROOT, capture_output=True, text=True)
-  assert out.returncode == 1
-  assert out.stderr.strip().splitlines()[-1] == (
-      "eval.py: --plot_attention needs a Perceiver classifier with encoder='latent'; this "
-      "workdir holds model.name='lm'")
-  assert "Evaluating" not in out.stderr  # refused before evaluating.
+  # eval.py's ValueError becomes its one line like every other (in-process: a second JAX
+  # start-up would cost more than the rest of this test).
+  evaluated = []
+  monkeypatch.setattr(evaluate.loop, "evaluate", lambda *a, **k: evaluated.append(a))
+  with pytest.raises(ValueError, match=re.escape(
+      "--plot_attention needs a Perceiver classifier with encoder='latent'; this workdir "
+      "holds model.name='lm'")):
+    evaluate.evaluate_workdir(workdir, plot_attention=True)
+  assert not evaluated  # refused before evaluating.
   assert not os.path.exists(os.path.join(workdir, "eval_results.json"))
 
 
