@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from latent_attention.data.synthetic import MqarSource
+from latent_attention.data.synthetic import MqarSource, Synthetic
 from latent_attention.training import evaluate, recall_errors
 
 N = 4  # key-value pairs
@@ -47,7 +47,7 @@ def test_measure_aligns_predictions_with_queries(monkeypatch, shift, last, expec
       name="mqar", seq_len=32, vocab_size=64, num_kv_pairs=N, num_eval_examples=40,
       synthetic_seed=0))
   exp = types.SimpleNamespace(config=ml_collections.ConfigDict({"data": data}),
-                              model=_oracle(shift, last))
+                              dataset=Synthetic(data), model=_oracle(shift, last))
   monkeypatch.setattr(evaluate, "restore_experiment", lambda workdir: (exp, {}, 7))
   row = recall_errors.measure("run", batch_size=16)
   source = MqarSource(data, "validation", 40)

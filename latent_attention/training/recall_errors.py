@@ -10,7 +10,6 @@ right is then about 1/n of right + another.
 import jax
 import numpy as np
 
-from latent_attention.data import synthetic
 from latent_attention.training import evaluate
 
 KINDS = ("right", "another_value", "neither")
@@ -39,12 +38,9 @@ def measure(workdir: str, split: str = "validation", batch_size: int = 250) -> d
   if data.name != "mqar":
     raise ValueError(f"--workdir={workdir} holds data.name={data.name!r}: the recall error "
                      "breakdown needs an mqar run (configs/lm_mqar.py)")
-  source = synthetic.MqarSource(data, split, data.num_eval_examples)
   apply = jax.jit(lambda p, x: exp.model.apply({"params": p}, x).argmax(-1))
   counts = dict.fromkeys(KINDS, 0)
-  for start in range(0, len(source), batch_size):
-    rows = [source[i] for i in range(start, min(start + batch_size, len(source)))]
-    batch = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
+  for batch in exp.dataset.eval_batches(split, batch_size):  # padding rows have weight 0.
     scored_BL = np.asarray(apply(params, batch["inputs"]))
     # Perceiver AR predicts its last M positions only: the others get -1 (not scored).
     predicted_BT = np.full(batch["inputs"].shape, -1, np.int64)
