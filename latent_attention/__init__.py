@@ -18,5 +18,5 @@ def __getattr__(name):
   """`latent_attention.kv_cache_bytes` etc., loaded on first use (PEP 562) so that importing a
   submodule (the command-line entry points' flag and config parsing) does not import JAX."""
   if name in __all__:
-    return getattr(importlib.import_module("latent_attention.kv_cache"), name)
+    return getattr(importlib.import_module("latent_attention.models.kv_cache"), name)
   raise AttributeError(f"module 'latent_attention' has no attribute {name!r}")

@@ -6,14 +6,13 @@ process with `<script>: <what is wrong, and what is allowed>` and exit status 1;
 shows the full traceback instead. Other exceptions (bugs) propagate with their traceback.
 """
 
-import difflib
 import os
 import sys
 
 import ml_collections
 from absl import app, flags, logging
 
-from latent_attention.training import config_files
+from latent_attention import config_files
 
 _TRACEBACK = flags.DEFINE_bool(
     "traceback", False, "Show the full traceback of a user error (bad flag, config, workdir, "
@@ -124,7 +123,7 @@ def explain_flags(argv, name: str | None) -> str | None:
   except Exception as e:  # pylint: disable=broad-except
     return f"--{name}={spec}: {one_line(e)}"
   for key in override_keys(argv, name):
-    problem = unknown_field(config, key)
+    problem = config_files.unknown_field(config, key)
     if problem:
       return f"--{name}.{key}: {problem}"
   return None
@@ -149,21 +148,6 @@ def override_keys(argv, name: str) -> list[str]:
       if arg.startswith(prefix):
         keys.append(arg[len(prefix):].split("=", 1)[0])
   return keys
-
-
-def unknown_field(config, dotted_key: str) -> str | None:
-  """Why `dotted_key` names no field of `config` (with the closest names), or None."""
-  section, where = config, "the config"
-  for part in dotted_key.split("."):
-    if not isinstance(section, (ml_collections.ConfigDict, dict)):
-      return f"{where} is a {type(section).__name__}, not a section with fields"
-    fields = sorted(section.keys())
-    if part not in fields:
-      close = difflib.get_close_matches(part, fields, n=1)
-      hint = f"did you mean {close[0]}? " if close else ""
-      return f"{where} has no field {part!r}; {hint}fields: {', '.join(fields)}"
-    section, where = section[part], (part if where == "the config" else f"{where}.{part}")
-  return None
 
 
 def quiet_library_logs() -> None:

@@ -9,7 +9,7 @@ every step), tokens/s, XLA-counted FLOPs per token and model FLOPs utilisation (
 the time per step of the whole input pipeline + step loop, and the decode tokens/s of cached
 generation. --profile adds where the train step's time goes: per-op times
 from a jax.profiler trace of --profile_steps steps, split into forward, backward and optimizer
-(training/step_profile.py), and the top ops. Writes the numbers as JSON with --output.
+(bench/step_profile.py), and the top ops. Writes the numbers as JSON with --output.
 """
 
 import json
@@ -18,8 +18,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from latent_attention import cli
-from latent_attention.training import step_profile
-from latent_attention.training.benchmarking import benchmark
+from latent_attention.bench import step_profile
+from latent_attention.bench.step import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
                                           lock_config=True)

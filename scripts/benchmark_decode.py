@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from latent_attention import cli
-from latent_attention.training import decode_benchmark
+from latent_attention.bench import decode as decode_benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm_decode.py",
                                           "Config file[:arg]; only its model section is used.",

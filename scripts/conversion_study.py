@@ -1,5 +1,5 @@
 r"""Convert a trained MHA into MLA at several cache sizes, fine-tune, and compare with MLA
-trained from scratch at the same cache bytes (training/conversion_study.py).
+trained from scratch at the same cache bytes (studies/conversion_study.py).
 
   python train.py --config=configs/lm_shakespeare.py:mha --workdir=/tmp/ctx/mha
   python scripts/conversion_study.py --source=/tmp/ctx/mha --output_dir=/tmp/conv_study
@@ -11,7 +11,7 @@ skips the finished ones. --noscratch leaves out the from-scratch runs (most of t
 from absl import flags
 
 from latent_attention import cli
-from latent_attention.training import conversion_study
+from latent_attention.studies import conversion_study
 
 _SOURCE = flags.DEFINE_string("source", None, "Run directory of the trained mha/gqa/mqa LM.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the runs and tables go.")

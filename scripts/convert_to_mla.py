@@ -18,7 +18,7 @@ from absl import flags
 
 from latent_attention import cli
 from latent_attention.models.mla_conversion import METHODS
-from latent_attention.training import conversion
+from latent_attention.studies import conversion
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the trained mha/gqa/mqa LM.")
 _OUT = flags.DEFINE_string("out", None, "New run directory for the MLA (must not hold a run).")

@@ -5,7 +5,7 @@ r"""Drift of an MLA/GLA checkpoint's cached decoding from its float32 forward, p
 
 Decodes --windows eval windows teacher-forced in each of --dtypes x --modes and prints, against
 the float32 full forward: the largest logit difference relative to the largest logit, the mean
-KL divergence, top-1 agreement and the targets' NLL (training/decode_drift.py).
+KL divergence, top-1 agreement and the targets' NLL (studies/decode_drift.py).
 """
 
 import json
@@ -13,7 +13,7 @@ import json
 from absl import flags
 
 from latent_attention import cli
-from latent_attention.training import decode_drift
+from latent_attention.studies import decode_drift
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of an MLA or GLA LM.")
 _DTYPES = flags.DEFINE_multi_enum("dtypes", ["float32", "bfloat16"],

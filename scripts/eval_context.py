@@ -5,13 +5,13 @@ r"""Perplexity of trained language models at several context lengths, with and w
 
 Each checkpoint is evaluated on its eval split at every length: with plain RoPE, and above its
 training length also with YaRN (factor = length / training length; design.md 3.1). Writes
-context.{json,md,png} to --output_dir (training/context_eval.py).
+context.{json,md,png} to --output_dir (studies/context_eval.py).
 """
 
 from absl import flags, logging
 
 from latent_attention import cli
-from latent_attention.training import context_eval
+from latent_attention.studies import context_eval
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories written by train.py (LMs).")
 _LENGTHS = flags.DEFINE_list("lengths", ["128", "256", "512", "1024"],

@@ -11,13 +11,12 @@ plus result.json, or error.txt when it failed. The tables go to <workdir>/result
 results.md, the plots to <workdir>/*.png.
 Rerunning the command skips finished runs, retries failed ones and resumes an interrupted one.
 SIGTERM or Ctrl-C stops the sweep cleanly (during training: after a checkpoint). The exit
-status is 1 when a run failed. Sweep files are described in latent_attention/training/sweep.py.
+status is 1 when a run failed. Sweep files are described in latent_attention/studies/sweep.py.
 """
 
 from absl import flags
 
-from latent_attention import cli
-from latent_attention.training import config_files
+from latent_attention import cli, config_files
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file[:arg], e.g. configs/sweeps/mla_rank.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per run.")
@@ -36,7 +35,7 @@ def main(argv):
   del argv
   config_files.load(_SWEEP.value)  # a bad sweep file or argument fails before JAX loads.
   # pylint: disable=import-outside-toplevel
-  from latent_attention.training.sweep import run_sweep
+  from latent_attention.studies.sweep import run_sweep
   outcome = run_sweep(_SWEEP.value, _WORKDIR.value, _RUNLOCAL.value, _ONLY.value, _SEEDS.value)
   with open(f"{_WORKDIR.value}/results.md") as f:
     print(f.read())

@@ -32,7 +32,7 @@ import pytest  # noqa: E402
 
 from latent_attention.config import default_section  # noqa: E402
 from latent_attention.models import LMConfig  # noqa: E402
-from latent_attention.training import config_files  # noqa: E402
+from latent_attention import config_files  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(ROOT, "..", "shared", "tensorflow_datasets"))

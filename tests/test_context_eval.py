@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from latent_attention.training import checkpoint, context_eval, loop
+from latent_attention.studies import context_eval
+from latent_attention.training import checkpoint, loop
 from latent_attention.training.evaluate import override_config, restore_experiment
 from latent_attention.training.loop import train_and_evaluate
 

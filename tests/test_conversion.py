@@ -1,4 +1,4 @@
-"""MHA/GQA/MQA -> MLA conversion (models/mla_conversion.py, training/conversion.py)."""
+"""MHA/GQA/MQA -> MLA conversion (models/mla_conversion.py, studies/conversion.py)."""
 
 import json
 import os
@@ -10,7 +10,8 @@ import pytest
 
 from latent_attention.models import build_model, mla_conversion, parse_config
 from latent_attention.models.decoding import decode_chunks
-from latent_attention.training import checkpoint, conversion, conversion_study, loop
+from latent_attention.studies import conversion, conversion_study
+from latent_attention.training import checkpoint, loop
 from latent_attention.training.evaluate import restore_experiment
 
 from conftest import assert_f32_close, lm_terms, runlocal, tiny_lm_config

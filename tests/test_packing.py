@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from latent_attention import config_files
 from latent_attention.data import make_dataset, sources, text, tokenizer
-from latent_attention.training import config_files
 from latent_attention.training.loop import train_and_evaluate
 
 from conftest import ROOT

@@ -5,18 +5,17 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
-import ml_collections
 import pytest
 from flax import linen as nn
 
+from latent_attention import config_files
 from latent_attention.config import default_section
 from latent_attention.models import PerceiverConfig, build_model, image_prep
 from latent_attention.models.perceiver import cross_attention_maps
-from latent_attention.models.perceiver_plots import plot_attention_maps
-
-from latent_attention.training import config_files
+from latent_attention.plots.attention_maps import plot_attention_maps
 from latent_attention.training.loop import train_and_evaluate
 
 from conftest import F32_EPS, ROOT, assert_f32_close

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from latent_attention.data.synthetic import MqarSource, Synthetic
-from latent_attention.training import evaluate, recall_errors
+from latent_attention.studies import recall_errors
+from latent_attention.training import evaluate
 
 N = 4  # key-value pairs
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from latent_attention.training import stats
+from latent_attention.studies import stats
 
 EPS = float(np.finfo(np.float64).eps)  # 2**-52
 # Perplexities per seed: B is clearly worse than A, C is A's equal up to noise.

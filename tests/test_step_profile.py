@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from latent_attention.training import step_profile
+from latent_attention.bench import step_profile
 
 from conftest import ROOT
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from latent_attention import config_files
 from latent_attention.models import build_model
-from latent_attention.training import config_files, results as results_lib, sweep as sweep_lib
+from latent_attention.studies import results as results_lib, sweep as sweep_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(ROOT, "configs", "sweeps")
@@ -167,7 +168,7 @@ def test_seeds_give_one_row_per_seed_an_aggregate_table_and_resume(tiny_sweep, t
 
   monkeypatch.setattr(sweep_lib.loop, "train_and_evaluate", fake_train)
   monkeypatch.setattr(sweep_lib.evaluate, "evaluate_workdir", fake_eval)
-  monkeypatch.setattr(sweep_lib.benchmarking, "benchmark",
+  monkeypatch.setattr(sweep_lib.step_bench, "benchmark",
                       lambda *a, **k: {"step_time_s": 0.01, "tokens_per_s": 1e3})
   monkeypatch.setattr(sweep_lib, "_decode_point", lambda *a: {"decode_ms_per_step": 1.0})
   workdir = str(tmp_path / "sweep")

@@ -18,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from latent_attention.training import (checkpoint, config_files, decode_drift, loop,
-                                       metrics as metrics_lib, resume, steps)
+from latent_attention import config_files
+from latent_attention.studies import decode_drift
+from latent_attention.training import checkpoint, loop, metrics as metrics_lib, resume, steps
 from latent_attention.training.evaluate import evaluate_workdir, restore_experiment
 from latent_attention.training.loop import NonFiniteLossError, train_and_evaluate
 
 from conftest import F32_EPS, ROOT, assert_f32_close, lm_terms, runlocal
+
 
 def train_losses(workdir):
   return [(m["step"], m["loss"]) for m in metrics_lib.read_metrics(workdir)

@@ -6,16 +6,14 @@ import functools
 import os
 import re
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import logging
 
-from latent_attention import cli, kv_cache_bytes, kv_cache_formula_bytes, models
+from latent_attention import config_files, kv_cache_bytes, kv_cache_formula_bytes, models, timing
 from latent_attention.models.decoding import generate, init_cache
-from latent_attention.training import checkpoint, config_files, loop
-from latent_attention.training import metrics as metrics_lib
+from latent_attention.training import checkpoint, loop, metrics as metrics_lib
 
 
 def override_config(saved: dict, overrides: dict) -> dict:
@@ -25,7 +23,7 @@ def override_config(saved: dict, overrides: dict) -> dict:
   if overrides and "model" in out:  # fields added since the run was saved, at their defaults.
     out["model"] = dataclasses.asdict(models.parse_config(out["model"]))
   for key, text in overrides.items():
-    if why := cli.unknown_field(out, key):
+    if why := config_files.unknown_field(out, key):
       raise ValueError(f"override {key}={text}: {why}")
     *path, last = key.split(".")
     node = functools.reduce(lambda section, name: section[name], path, out)
@@ -107,14 +105,8 @@ def decode_speed(exp, params, prompt_len: int, new_tokens: int, repeats: int = 3
   """Tokens/s of jitted cached generation (batch 1, after a warm-up compile)."""
   prompt = jnp.zeros((1, prompt_len), jnp.int32)
   run = lambda: generate(exp.model, params, prompt, jax.random.key(0),
-                         max_new_tokens=new_tokens, temperature=1.0).block_until_ready()
-  run()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  return new_tokens / statistics.median(times)
+                         max_new_tokens=new_tokens, temperature=1.0)
+  return new_tokens / statistics.median(timing.time_calls(run, repeats=repeats))
 
 
 def check_plottable(exp) -> None:
@@ -127,10 +119,11 @@ def check_plottable(exp) -> None:
 
 def plot_cross_attention(exp, params, path: str, num_images: int = 4) -> str:
   """PNG of the first cross-attention's maps of a few latents over test images (Perceiver)."""
-  from latent_attention.models import perceiver, perceiver_plots  # matplotlib only here.
+  from latent_attention.models import perceiver
+  from latent_attention.plots import attention_maps  # matplotlib only here.
   batch = next(iter(exp.dataset.eval_batches(exp.config.data.test_split, num_images)))
   maps = perceiver.cross_attention_maps(exp.model, params, jnp.asarray(batch["inputs"]))
-  perceiver_plots.plot_attention_maps(batch["inputs"], maps, path, num_images=num_images)
+  attention_maps.plot_attention_maps(batch["inputs"], maps, path, num_images=num_images)
   return path
 
 
@@ -164,7 +157,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, splits=None,
     results["attention_plot"] = plot_cross_attention(
         exp, params, os.path.join(workdir, "attention_maps.png"))
   if plot_curves and jax.process_index() == 0:
-    from latent_attention.training import plots  # matplotlib only here.
+    from latent_attention.plots import results as plots  # matplotlib only here.
     results["curve_plot"] = os.path.join(workdir, "learning_curve.png")
     plots.learning_curve(lines, results["curve_plot"])
   if jax.process_index() == 0:

@@ -157,17 +157,6 @@ class StopFlag:
     return (self.signal or "a signal to another process") if np.any(seen) else None
 
 
-def xla_flops(compiled) -> float:
-  """FLOPs of one call of a program on all its devices. A compiled SPMD program's count is of
-  the per-device program, which every device of its shardings runs; a lowered (not yet
-  partitioned) program's is already the whole computation's."""
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  shardings = jax.tree.leaves(getattr(compiled, "input_shardings", ()))
-  devices = len(shardings[0].device_set) if shardings else 1
-  return devices * float((analysis or {}).get("flops", float("nan")))
-
-
 def _resume(config, workdir: str, mngr):
   """(experiment, state, data iterator) from the newest readable checkpoint, or fresh ones.
 
@@ -274,7 +263,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    dynamic_ncols=True) as bar:
       if batch is not None:
         compiled = exp.train_step.lower(state, batch).compile()
-        flops = xla_flops(compiled) / progress.tokens_per_step
+        flops = peaks.xla_flops(compiled) / progress.tokens_per_step
         peak, source = peaks.peak_tflops(config.model.get("dtype", "float32"))
         progress.flops_per_token, progress.peak_flops = flops, peak * 1e12
         logging.info("XLA FLOPs per token of the train step: %.4g; MFU against %.4g TFLOP/s "

@@ -14,9 +14,10 @@ measured jitted matmul of the compute dtype; `--peak_tflops` overrides both.
 import functools
 
 import jax
+import jax.numpy as jnp
 
+from latent_attention import timing
 from latent_attention.models.lm import DTYPES
-from latent_attention.training import decode_benchmark
 
 # (device_kind prefix, bfloat16 TFLOP/s, float32 TFLOP/s), most specific prefix first.
 _PEAKS = (
@@ -43,7 +44,7 @@ def known_peak_tflops(device_kind: str, dtype: str) -> float | None:
 
 @functools.cache
 def _measured_tflops(dtype: str) -> float:
-  return decode_benchmark.matmul_flops(1024, 3, dtype) / 1e12
+  return matmul_flops(1024, 3, dtype) / 1e12
 
 
 def peak_tflops(dtype: str, override: float = 0.0) -> tuple[float, str]:
@@ -56,3 +57,31 @@ def peak_tflops(dtype: str, override: float = 0.0) -> tuple[float, str]:
   if known is not None:
     return known * n, f"{kind} data sheet, {dtype}"
   return _measured_tflops(dtype) * n, f"measured {dtype} matmul on {kind}"
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of one call of a program on all its devices. A compiled SPMD program's count is of
+  the per-device program, which every device of its shardings runs; a lowered (not yet
+  partitioned) program's is already the whole computation's."""
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  shardings = jax.tree.leaves(getattr(compiled, "input_shardings", ()))
+  devices = len(shardings[0].device_set) if shardings else 1
+  return devices * float((analysis or {}).get("flops", float("nan")))
+
+
+def _fastest(fn, x, repeats: int) -> float:
+  """Seconds of the fastest of `repeats` blocked calls of jit(fn)(x), after a warm-up call."""
+  f = jax.jit(fn).lower(x).compile()
+  return min(timing.time_calls(lambda: f(x), repeats=repeats))
+
+
+def read_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
+  """Bytes/s of a jitted row-sum over an nbytes float32 array (read once, written ~0)."""
+  x = jnp.ones((nbytes // 4 // 4096, 4096), jnp.float32)
+  return x.nbytes / _fastest(lambda x: x.sum(axis=1), x, repeats)
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+  """FLOP/s of a jitted n x n matmul: the compute rate a decode step is held to."""
+  return 2 * n ** 3 / _fastest(lambda a: a @ a, jnp.ones((n, n), dtype), repeats)

@@ -17,10 +17,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from latent_attention import models
+from latent_attention import config_files, models
 from latent_attention.attention import cache_elements_per_token
 from latent_attention.models import mla_conversion
-from latent_attention.training import checkpoint, config_files, evaluate, loop
+from latent_attention.training import checkpoint, evaluate, loop
 
 _CONFIG_PY = '''r"""The MLA that scripts/convert_to_mla.py made from {source} (step {step}).
 

@@ -11,10 +11,10 @@ A sweep file (configs/sweeps/*.py) has `get_config(arg)` returning a ConfigDict 
                       e.g. another model)}]; a run's own overrides come last, so they win.
   grid                {dotted config key: values}: one more run per point of the product, named
                       after the keys' last parts and the values (e.g. kv_lora_rank16).
-  benchmark           steps and warmup of the train-step timing (`benchmarking.benchmark`;
+  benchmark           steps and warmup of the train-step timing (`step_bench.benchmark`;
                       default 50 and 5).
   decode              optional {context, batch, steps}: each LM run's model is also timed by
-                      the decode benchmark (`decode_benchmark.measure`) at that point: decode
+                      the decode benchmark (`decode_bench.measure`) at that point: decode
                       ms/step and its ratio to the bandwidth bound (--runlocal: context 32).
   quality             the y axis of the LM runs' KV-cache plot: perplexity (default) or
                       accuracy (recall tasks such as MQAR); also the metric runs are compared on.
@@ -44,9 +44,10 @@ from typing import NamedTuple
 
 from absl import logging
 
-from latent_attention import models
-from latent_attention.training import (benchmarking, checkpoint, config_files, decode_benchmark,
-                                       evaluate, loop, metrics, resume, results)
+from latent_attention import config_files, models
+from latent_attention.bench import decode as decode_bench, step as step_bench
+from latent_attention.studies import results
+from latent_attention.training import checkpoint, evaluate, loop, metrics, peaks, resume
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # --runlocal is a smoke test: its timings mean nothing, so time few steps.
@@ -196,7 +197,7 @@ def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
     wall = time.perf_counter() - start
     evaluated = evaluate.evaluate_workdir(run_dir)
     # The table's decode speed is evaluate_workdir's: the benchmark skips its own.
-    timed = benchmarking.benchmark(config, timing["steps"], timing["warmup"], decode_tokens=0)
+    timed = step_bench.benchmark(config, timing["steps"], timing["warmup"], decode_tokens=0)
     row = {**_describe(name, config), **_measured(config, run_dir, evaluated, timed, wall)}
     if sweep.get("decode") and evaluated.get("kv_cache_bytes_per_token") is not None:
       row.update(_decode_point(config, sweep.decode, runlocal))
@@ -219,15 +220,14 @@ def _device_rates(runlocal: bool):
   """(read bytes/s, matmul FLOP/s) of this device, measured once per sweep process (small and
   quick with --runlocal, whose timings mean nothing)."""
   if runlocal:
-    return decode_benchmark.read_bandwidth(2**24, 2), decode_benchmark.matmul_flops(256, 2)
-  return (max(decode_benchmark.read_bandwidth() for _ in range(3)),
-          decode_benchmark.matmul_flops())
+    return peaks.read_bandwidth(2**24, 2), peaks.matmul_flops(256, 2)
+  return (max(peaks.read_bandwidth() for _ in range(3)), peaks.matmul_flops())
 
 
 def _decode_point(config, point, runlocal) -> dict:
   """The decode benchmark's ms/step and x bound for the run's model (random weights)."""
   bandwidth, flops_rate = _device_rates(runlocal)
-  (row,) = decode_benchmark.measure(
+  (row,) = decode_bench.measure(
       models.parse_config(config.model), context=32 if runlocal else point.context,
       batches=(point.batch,), steps=point.get("steps", 16), bandwidth=bandwidth,
       flops_rate=flops_rate)

@@ -1,5 +1,7 @@
-"""Loading `configs/*.py:arg` files outside absl flags (sweeps, tests, eval)."""
+"""Loading `configs/*.py:arg` files outside absl flags (sweeps, tests, eval), and naming the
+field a dotted override key misses."""
 
+import difflib
 import glob
 import importlib.util
 import os
@@ -28,3 +30,18 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(d)
   config.lock()
   return config
+
+
+def unknown_field(config, dotted_key: str) -> str | None:
+  """Why `dotted_key` names no field of `config` (with the closest names), or None."""
+  section, where = config, "the config"
+  for part in dotted_key.split("."):
+    if not isinstance(section, (ml_collections.ConfigDict, dict)):
+      return f"{where} is a {type(section).__name__}, not a section with fields"
+    fields = sorted(section.keys())
+    if part not in fields:
+      close = difflib.get_close_matches(part, fields, n=1)
+      hint = f"did you mean {close[0]}? " if close else ""
+      return f"{where} has no field {part!r}; {hint}fields: {', '.join(fields)}"
+    section, where = section[part], (part if where == "the config" else f"{where}.{part}")
+  return None

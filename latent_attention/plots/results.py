@@ -2,7 +2,7 @@
 speed bars; of one run, its learning curve.
 
 Built on `matplotlib.figure.Figure` (Agg canvas), so they never touch pyplot's global state or a
-display. Each takes the table rows of finished runs (see `training.sweep`).
+display. Each takes the table rows of finished runs (see `studies.sweep`).
 """
 
 import numpy as np

@@ -12,7 +12,8 @@ import time
 
 from absl import logging
 
-from latent_attention.training import config_files, evaluate, loop
+from latent_attention import config_files
+from latent_attention.training import evaluate, loop
 
 
 def yarn_overrides(trained_len: int, length: int) -> dict:
@@ -54,7 +55,7 @@ def evaluate_lengths(workdir: str, lengths, yarn: bool = True) -> list[dict]:
 
 def write(rows, output_dir: str) -> dict:
   """context.json, context.md (a table per run and length) and context.png."""
-  from latent_attention.training import plots  # matplotlib only here.
+  from latent_attention.plots import results as plots  # matplotlib only here.
   os.makedirs(output_dir, exist_ok=True)
   paths = {ext: os.path.join(output_dir, f"context.{ext}") for ext in ("json", "md", "png")}
   with open(paths["json"], "w") as f:

@@ -14,11 +14,11 @@ import time
 
 from absl import logging
 
-from latent_attention import kv_cache_formula_bytes, models
+from latent_attention import config_files, kv_cache_formula_bytes, models
 from latent_attention.models.lm import DTYPES
 from latent_attention.models.mla_conversion import METHODS
-from latent_attention.training import checkpoint, config_files, conversion, evaluate, loop
-from latent_attention.training import metrics as metrics_lib
+from latent_attention.studies import conversion
+from latent_attention.training import checkpoint, evaluate, loop, metrics as metrics_lib
 
 
 def parse_points(texts) -> list[tuple[int, int]]:
@@ -120,7 +120,7 @@ def _saved_config(workdir: str) -> dict:
 
 def write(rows, output_dir: str) -> dict:
   """conversion_study.{json,md,png}: the rows, a table per point, perplexity vs cache bytes."""
-  from latent_attention.training import plots  # matplotlib only here.
+  from latent_attention.plots import results as plots  # matplotlib only here.
   paths = {ext: os.path.join(output_dir, f"conversion_study.{ext}")
            for ext in ("json", "md", "png")}
   checkpoint.dump_json(paths["json"], rows)

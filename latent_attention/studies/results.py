@@ -9,7 +9,9 @@ import csv
 import os
 import re
 
-from latent_attention.training import metrics, plots, stats
+from latent_attention.plots import results as plots
+from latent_attention.studies import stats
+from latent_attention.training import metrics
 
 QUALITIES = ("perplexity", "accuracy")
 

@@ -6,8 +6,9 @@ import time
 
 import jax
 
-from latent_attention.training import evaluate as evaluate_lib
-from latent_attention.training import loop, peaks, step_profile
+from latent_attention import timing
+from latent_attention.bench import step_profile
+from latent_attention.training import evaluate as evaluate_lib, loop, peaks
 
 
 def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0,
@@ -21,20 +22,18 @@ def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0
   batch = exp.to_global(next(data_iter))
   compiled = exp.train_step.lower(state, batch).compile()
   tokens = config.train.batch_size * exp.dataset.tokens_per_example()
-  flops_per_token = loop.xla_flops(compiled) / tokens
+  flops_per_token = peaks.xla_flops(compiled) / tokens
   # cuDNN's fused (flash) attention appears as custom calls in the compiled step: the check
   # that the core's "cudnn" choice (attention/core.py) reached the GPU kernel.
   cudnn_attention_calls = len(re.findall(r'custom_call_target="__cudnn\$fmha',
                                          compiled.as_text()))
-  for _ in range(warmup):
-    state, _ = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
+
+  def train_step():
+    nonlocal state
+    state, metrics = compiled(state, batch)
+    return state, metrics
+
+  times = timing.time_calls(train_step, repeats=steps, warmup=warmup)
   t0 = time.perf_counter()
   for _ in range(steps):
     state, m = compiled(state, exp.to_global(next(data_iter)))

@@ -22,7 +22,7 @@ from latent_attention import kv_cache_bytes
 from latent_attention.models import build_model, parse_config
 from latent_attention.models.decoding import init_cache
 from latent_attention.models.perceiver_ar import PerceiverARConfig
-from latent_attention.training import loop
+from latent_attention.training import peaks
 from latent_attention.training.metrics import format_duration
 
 # Variant name -> overrides of model.attention (every other field comes from the config).
@@ -66,29 +66,6 @@ def variant_config(model_config, name: str, perceiver_latents: int):
       vocab_size=lm.vocab_size, d_model=lm.d_model, num_latents=perceiver_latents,
       num_layers=lm.num_layers, mlp_dim=lm.mlp_dim or 4 * lm.d_model,
       tie_embeddings=lm.tie_embeddings, dtype=lm.dtype, attention=attention)
-
-
-def _fastest(fn, x, repeats: int) -> float:
-  """Seconds of the fastest of `repeats` blocked calls of jit(fn)(x), after a warm-up call."""
-  f = jax.jit(fn).lower(x).compile()
-  jax.block_until_ready(f(x))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(x))
-    times.append(time.perf_counter() - t0)
-  return min(times)
-
-
-def read_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
-  """Bytes/s of a jitted row-sum over an nbytes float32 array (read once, written ~0)."""
-  x = jnp.ones((nbytes // 4 // 4096, 4096), jnp.float32)
-  return x.nbytes / _fastest(lambda x: x.sum(axis=1), x, repeats)
-
-
-def matmul_flops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
-  """FLOP/s of a jitted n x n matmul: the compute rate a decode step is held to."""
-  return 2 * n ** 3 / _fastest(lambda a: a @ a, jnp.ones((n, n), dtype), repeats)
 
 
 def _tree_bytes(tree) -> int:
@@ -144,7 +121,7 @@ def measure(model_cfg, *, context: int, batches, steps: int, bandwidth: float,
         x if x.ndim == len(s.shape) else x[None], s.shape)), cache_1, shapes)
     tok_B1 = jnp.repeat(tok_11, batch, axis=0)
     # XLA counts a loop body once whatever its trip count: FLOPs come from one step's program.
-    flops = loop.xla_flops(jax.jit(step).lower(params, cache, tok_B1))
+    flops = peaks.xla_flops(jax.jit(step).lower(params, cache, tok_B1))
     decode_c = jax.jit(decode, donate_argnums=1).lower(params, cache, tok_B1).compile()
     t0 = time.perf_counter()
     cache, tok_B1 = jax.block_until_ready(decode_c(params, cache, tok_B1))
@@ -183,7 +160,7 @@ def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: flo
   """Every variant x context x batch point, with a progress line (and ETA) per point."""
   check_variants(variants)
   # The best of three measurements: on a shared machine one can catch a neighbour's burst.
-  bandwidth, flops_rate = max(read_bandwidth() for _ in range(3)), matmul_flops()
+  bandwidth, flops_rate = max(peaks.read_bandwidth() for _ in range(3)), peaks.matmul_flops()
   log(f"read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 matmul {flops_rate / 1e9:.0f} "
       f"GFLOP/s ({device_name()})")
   points = [(v, c) for v in variants for c in contexts]
@@ -198,7 +175,7 @@ def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: flo
           f"{row['decode_ms_per_step']:.2f} ms/step ({row['decode_tokens_per_s']:,.0f} tokens/s, "
           f"{row['times_bound']:.1f}x bound); "
           f"ETA {format_duration((time.perf_counter() - start) / i * (len(points) - i))}")
-  final = max(bandwidth, read_bandwidth())  # Measured again after the points: the best holds.
+  final = max(bandwidth, peaks.read_bandwidth())  # Measured again after the points: the best holds.
   if final > bandwidth:
     log(f"read bandwidth remeasured: {final / 1e9:.1f} GB/s; bounds use it")
     for row in rows:
@@ -210,7 +187,7 @@ def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: flo
 
 
 def markdown(result: dict) -> str:
-  """The README table: one row per point."""
+  """The results table (docs/results/decode_speed.md): one row per point."""
   lines = [f"Device: {result['device']}, read bandwidth {result['read_bandwidth_gb_per_s']:.1f} "
            f"GB/s, float32 matmul {result['matmul_gflop_per_s']:.0f} GFLOP/s; decode = mean of "
            f"the last {result['steps']} steps (one scan). bound = (cache + weight bytes) / "

@@ -1,0 +1,1 @@
+"""Figures (PNG, matplotlib Agg): of sweeps and runs, of Perceiver attention, of scaling."""
