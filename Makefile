@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/lm_shakespeare_mla
 # Parallel test workers: one per core (pytest-xdist); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto
 
-.PHONY: venv train train-multiprocess test eval lock clean
+.PHONY: venv train train-multiprocess test test-results eval lock clean
 
 venv: $(VENV)/.installed
 
@@ -32,9 +32,13 @@ train-multiprocess: venv  ## `train` as 2 local processes of 2 CPU devices, in $
 eval: venv  ## Evaluate the latest checkpoint of $(WORKDIR) (eval_results.json there).
 	$(PY) eval.py --workdir=$(WORKDIR)
 
-test: venv  ## pytest's exit code 5 (no test collected) counts as a failure.
+test: venv  ## The fast tier. pytest's exit code 5 (no test collected) counts as a failure.
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-results: venv  ## The results tier: real trainings guarding the published results (minutes).
+	LATENT_ATTENTION_TEST_TIER=results $(PY) -m pytest -q -m results --durations=0 tests; \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lock: venv  ## Re-pin requirements.lock from requirements.txt (then `make venv` installs it).
 	$(PY) -m pip install --quiet uv

@@ -20,7 +20,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # LMs' init + forward) and buy nothing at these sizes; the math is the same (no fast-math either
 # way, and the tolerances allow any summation order). These are XLA debug flags: a jaxlib that
 # drops one refuses to start, which `make lock` would show at once.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+# The results tier (LATENT_ATTENTION_TEST_TIER=results, set by `make test-results`) trains the
+# real configs for minutes: there XLA's usual optimisations pay for themselves many times over.
+if ("xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
+    and os.environ.get("LATENT_ATTENTION_TEST_TIER") != "results"):
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
                                       "--xla_backend_optimization_level=0",
                                       "--xla_llvm_disable_expensive_passes=true",
