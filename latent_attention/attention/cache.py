@@ -3,11 +3,21 @@
 Flax convention (as in the lm1b example): `model.init(..., decode=True)` creates zero buffers
 sized for the init input's length; each later `apply(..., decode=True, mutable=['cache'])`
 writes the new chunk at the current position. All rows of a batch share one position.
+
+The cache refuses to overflow (`check_fits`). `dynamic_update_slice` clamps its start index, so
+a chunk written past the end would silently overwrite the last slots and every later logit would
+be wrong. A chunk longer than the cache is a ValueError at trace time (both lengths are static);
+so is a chunk past the end at a concrete position (eager `apply`). Under `jit` the position is
+traced: the check is a `jax.experimental.checkify.debug_check`, which callers turn on with
+`checkify.checkify(..., errors=checkify.user_checks)` (`models.decoding.checked_apply` does) and
+which compiles to nothing otherwise, so `generate`'s loop, which sizes its cache for every
+position it decodes, pays nothing (docs/design.md, section 4).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.experimental import checkify
 
 from latent_attention.attention.core import causal_mask
 
@@ -57,11 +67,31 @@ def update(module: nn.Module, pos_BT: jax.Array, *, seq_axis: int = 1, **chunks)
   if not created:
     return None
   start = pos_BT[0, 0]
+  s = next(iter(buffers.values())).value.shape[seq_axis]
+  check_fits(start, pos_BT.shape[1], s)
   out = {}
   for name, chunk in chunks.items():
     buf = buffers[name]
     buf.value = jax.lax.dynamic_update_slice_in_dim(
         buf.value, chunk.astype(buf.value.dtype), start, axis=seq_axis)
     out[name] = buf.value[None] if single else buf.value
-  s = next(iter(buffers.values())).value.shape[seq_axis]
   return out, causal_mask(pos_BT, jnp.arange(s)[None, :])
+
+
+def check_fits(start, t: int, s: int) -> None:
+  """Refuses a decode chunk of t positions from position `start` that overruns a cache of s.
+
+  t > s: ValueError at trace time. A concrete start (eager apply): ValueError. A traced start
+  (jit): a checkify check, reported under `checkify.checkify` and free without it.
+  """
+  fix = "size the cache for every position decoded (models.decoding.init_cache's max_len)"
+  if t > s:
+    raise ValueError(f"a decode chunk of {t} tokens overflows the decode cache of {s} "
+                     f"positions: {fix}")
+  if not isinstance(start, jax.core.Tracer):
+    if int(start) + t > s:
+      raise ValueError(f"a decode chunk of {t} tokens at position {int(start)} overflows the "
+                       f"decode cache of {s} positions ({int(start)} + {t} > {s}): {fix}")
+    return
+  checkify.debug_check(start + t <= s, f"a decode chunk of {t} tokens at position {{start}} "
+                       f"overflows the decode cache of {s} positions: {fix}", start=start)

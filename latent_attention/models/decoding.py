@@ -1,10 +1,17 @@
-"""Autoregressive generation on the KV-cached decode path."""
+"""Autoregressive generation on the KV-cached decode path.
+
+A decode chunk past the cache's end is refused (attention/cache.py): a ValueError where the
+lengths or the position are static, a checkify check where the position is traced (jit), which
+`checked_apply` turns on. `generate` sizes its cache for every position it decodes, never
+overflows, and runs unchecked: the check compiles to nothing there.
+"""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.experimental import checkify
 
 
 def init_cache(model: nn.Module, batch: int, max_len: int):
@@ -50,6 +57,25 @@ def generate(model, params, prompt_BT, rng, *, max_new_tokens: int, temperature:
   (_, last_B), toks_NB = jax.lax.scan(step, (mutated["cache"], first_B),
                                        jax.random.split(rng, max_new_tokens - 1))
   return jnp.concatenate([toks_NB.T, last_B[:, None]], axis=1)
+
+
+def checked_apply(model: nn.Module):
+  """A jitted decode call `apply(variables, tokens_BT) -> (logits, mutated)` whose cache-overflow
+  check is on: a chunk past the end of the cache raises `checkify.JaxRuntimeError` naming the
+  position and both lengths, instead of clamping the write. It takes decode_chunks' keywords
+  (`decode=True, mutable=("cache",)`), the only ones it runs."""
+  run = jax.jit(checkify.checkify(functools.partial(model.apply, decode=True, mutable=["cache"]),
+                                  errors=checkify.user_checks))
+
+  def apply(variables, tokens_BT, *, decode=True, mutable=("cache",)):
+    if decode is not True or list(mutable) != ["cache"]:
+      raise ValueError(f"checked_apply decodes with the cache mutable; got decode={decode!r}, "
+                       f"mutable={mutable!r}")
+    err, out = run(variables, tokens_BT)
+    err.throw()
+    return out
+
+  return apply
 
 
 def decode_chunks(model: nn.Module, params, tokens_BT, chunks, apply=None):
