@@ -4,11 +4,15 @@ Saves are asynchronous; a step directory appears only once complete (Orbax write
 directory and renames), so an interrupted save never corrupts the last good checkpoint. A step
 damaged later (a truncated copy, a full disk) is detected on restore: training resumes from the
 newest readable step and moves the damaged ones aside (`set_aside`), never deleting them.
+A save that fails (a full disk) raises `SaveError` at the next `save`, `wait` or `close`: one line
+naming the step and the last complete checkpoint, where a rerun resumes.
 """
 
+import errno
 import json
 import os
 import re
+import weakref
 
 import grain.python as grain
 import jax
@@ -34,12 +38,67 @@ def manager(workdir: str, keep: int = 3, every: int = 0, read_only: bool = False
                                options=options, item_names=ITEMS)
 
 
+class SaveError(OSError):
+  """A checkpoint could not be written (a full disk, say): its partial files are never resumed
+  from; a rerun resumes from the last complete checkpoint."""
+
+
+# Per manager: [the step of its newest save, whether that save's failure has been raised].
+_saves = weakref.WeakKeyDictionary()
+
+
 def save(mngr, step: int, state, data_iter, config, metadata: dict, force=False) -> bool:
-  return mngr.save(step, force=force, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.PyGrainCheckpointSave(data_iter),
-      config=ocp.args.JsonSave(config.to_dict()),
-      metadata=ocp.args.JsonSave(metadata)))
+  """Starts an asynchronous save of `step`, once the previous save is complete (a failed one
+  raises `SaveError` here)."""
+  wait(mngr)
+  try:
+    saved = mngr.save(step, force=force, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.PyGrainCheckpointSave(data_iter),
+        config=ocp.args.JsonSave(config.to_dict()),
+        metadata=ocp.args.JsonSave(metadata)))
+  except (OSError, ValueError) as e:  # Tensorstore reports a full disk as a ValueError.
+    raise _save_error(mngr, step, e) from e
+  if saved:
+    _saves[mngr] = [step, False]
+  return saved
+
+
+def wait(mngr) -> None:
+  """Blocks until the manager's asynchronous save is complete; raises `SaveError` if it failed
+  (once: Orbax raises a failed save again at every later wait)."""
+  try:
+    mngr.wait_until_finished()
+  except (OSError, ValueError) as e:
+    pending = _saves.setdefault(mngr, [None, False])
+    if not pending[1]:
+      pending[1] = True
+      raise _save_error(mngr, pending[0], e) from e
+
+
+def close(mngr) -> None:
+  """`wait`, then closes the manager (left open after a failed save: Orbax's close would raise
+  its error again)."""
+  wait(mngr)
+  if not _saves.get(mngr, [None, False])[1]:
+    mngr.close()
+
+
+def _save_error(mngr, step, error) -> SaveError:
+  code = getattr(error, "errno", None) or next(
+      (int(m) for m in re.findall(r"os_error_code='?(\d+)", str(error))), None)
+  why = os.strerror(code) if code else reason(error)
+  try:
+    done = [s for s in mngr.all_steps(read=True) if s != step]
+  except Exception:  # pylint: disable=broad-except  (the message must not fail in turn)
+    done = []
+  fix = "free space" if code in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+  then = (f"the last complete checkpoint is step {max(done)}: {fix} and rerun to resume from it"
+          if done else f"no checkpoint is complete yet: {fix} and rerun to start afresh")
+  what = "a checkpoint" if step is None else f"checkpoint step {step}"
+  out = SaveError(f"{what} could not be saved in {mngr.directory} ({why}); {then}")
+  out.errno = code
+  return out
 
 
 def restore(mngr, step: int, abstract_state, data_iter=None):

@@ -292,7 +292,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if stopping:
           _check_finite(state, mngr)
           checkpoint.save(mngr, done, state, data_iter, config, metadata, force=True)
-          mngr.wait_until_finished()
+          checkpoint.wait(mngr)
           logging.warning("%s received: saved step %d in %s; rerun to resume", stopping,
                           done, workdir)
           result["interrupted"] = stopping
@@ -307,16 +307,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
       result = _finish(exp, mngr, writer, state, data_iter, metadata, workdir)
   finally:
     # Also on an exception: let in-flight async saves finish, so the last checkpoint survives.
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
+    try:
+      checkpoint.close(mngr)  # a failed save raises checkpoint.SaveError.
+    finally:
+      writer.close()
   return result
 
 
 def _check_finite(state, mngr):
   bad = int(state.nonfinite_step)
   if bad >= 0:
-    mngr.wait_until_finished()
+    checkpoint.wait(mngr)
     raise NonFiniteLossError(
         f"non-finite loss or gradient at step {bad}; stopped without saving it. Last good "
         f"checkpoint: step {mngr.latest_step()}. Lower train.learning_rate or check the data")
@@ -345,7 +346,8 @@ def _finish(exp, mngr, writer, state, data_iter, metadata, workdir):
   step = int(state.step)
   if mngr.latest_step() != step:
     checkpoint.save(mngr, step, state, data_iter, config, metadata, force=True)
-  final = evaluate(exp, state.params, config.data.eval_split)
+  final = evaluate(exp, state.params, config.data.eval_split)  # while the save is written.
+  checkpoint.wait(mngr)  # no final result without its checkpoint (a failed save raises here).
   writer.write(step, "eval", final)
   logging.info("step %d, %s: %s", step, config.data.eval_split, _fmt(final))
   result = {"step": step, "eval_split": config.data.eval_split, "eval": final,

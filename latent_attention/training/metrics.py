@@ -7,6 +7,7 @@ import os
 import time
 
 import jax
+from absl import logging
 from tensorboardX import SummaryWriter
 
 
@@ -17,7 +18,13 @@ class MetricWriter:
     self._enabled = jax.process_index() == 0
     if self._enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      cut = _ends_mid_line(path)
+      self._jsonl = open(path, "a")
+      if cut:  # a crash mid-write: new lines start on a line of their own, after the fragment.
+        logging.warning("%s ends in a line cut short (a crash while writing it?); it is kept, "
+                        "skipped when read, and new lines start after it", path)
+        self._jsonl.write("\n")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, prefix: str, scalars: dict) -> None:
@@ -37,13 +44,37 @@ class MetricWriter:
       self._tb.close()
 
 
+def _ends_mid_line(path: str) -> bool:
+  """Whether the file's last line lacks its newline."""
+  try:
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      return f.read(1) != b"\n"
+  except OSError:  # no file, or an empty one.
+    return False
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """All lines of a workdir's metrics.jsonl (empty if none)."""
+  """All lines of a workdir's metrics.jsonl (empty if none). A line that is not a whole JSON
+  object (one cut short by a crash while it was written) is skipped with a warning."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  lines = []
+  with open(path, errors="replace") as f:
+    for number, text in enumerate(f, 1):
+      if not text.strip():
+        continue
+      try:
+        line = json.loads(text)
+      except ValueError:
+        line = None
+      if isinstance(line, dict):
+        lines.append(line)
+      else:
+        logging.warning("%s line %d is not a whole JSON object (cut short by a crash?); "
+                        "skipped: %.60r", path, number, text)
+  return lines
 
 
 def format_duration(seconds: float) -> str:
