@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from latent_attention import cli
 from latent_attention.bench import step_profile
 from latent_attention.bench.step import benchmark
+from latent_attention.training.config import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
                                           lock_config=True)
@@ -41,6 +42,7 @@ flags.mark_flag_as_required("config")
 
 def main(argv):
   del argv
+  validate_config(_CONFIG.value)
   out = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _PEAK.value, _DECODE.value,
                   _PROFILE_STEPS.value if _PROFILE.value else 0)
   for k, v in out.items():

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from latent_attention import cli
 from latent_attention.bench import decode as decode_benchmark
+from latent_attention.training.config import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm_decode.py",
                                           "Config file[:arg]; only its model section is used.",
@@ -52,6 +53,7 @@ def _ints(name, values):
 
 def main(argv):
   del argv
+  validate_config(_CONFIG.value)  # every section it has; only the model is used.
   contexts, batches = _ints("contexts", _CONTEXTS.value), _ints("batches", _BATCHES.value)
   if min(contexts) <= _STEPS.value:
     raise ValueError(f"--contexts={min(contexts)} is invalid: every context must exceed "

@@ -19,8 +19,9 @@ from latent_attention.studies import results as results_lib, sweep as sweep_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(ROOT, "configs", "sweeps")
 
-# Two runs that train (mha and, from the grid, mla) and one that fails: gqa needs num_kv_heads
-# to divide num_heads=4.
+# Two runs that train (mha and, from the grid, mla) and one that fails once it reads the data
+# (tiny_shakespeare has 65 characters): a bad value that the configs alone show stops the sweep
+# before any run (tests/test_config_validation.py).
 TINY_SWEEP = '''
 import ml_collections
 
@@ -32,8 +33,7 @@ def get_config():
   sweep.overrides = dotted({"eval.sample_len": 0})
   sweep.runlocal_overrides = dotted({"train.num_steps": 10, "train.eval_every": 5})
   sweep.runs = [dict(name="mha", overrides={}),
-                dict(name="broken", overrides={"model.attention.kind": "gqa",
-                                               "model.attention.num_kv_heads": 3})]
+                dict(name="broken", overrides={"model.vocab_size": 50})]
   sweep.grid = dotted({"model.attention.kind": ("mla",)})
   sweep.benchmark = ml_collections.ConfigDict(dict(steps=50, warmup=5))
   sweep.decode = ml_collections.ConfigDict(dict(context=4096, batch=2, steps=3))
@@ -68,7 +68,8 @@ def test_sweep_end_to_end_rerun_skips_and_failure_is_reported(tiny_sweep, tmp_pa
   mla, mha, broken = rows
   assert mha["status"] == mla["status"] == "ok"
   assert broken["status"] == "failed"
-  assert broken["error"].startswith("ValueError: model.attention.num_kv_heads=3 is invalid")
+  assert broken["error"].startswith("ValueError: model.vocab_size=50 is invalid: the "
+                                    "tiny_shakespeare vocabulary has 65 symbols")
   assert "Traceback" in (tmp_path / "sweep" / "broken" / "error.txt").read_text()
   for r in (mla, mha):
     assert float(r["kv_bytes_per_token"]) == float(r["kv_formula_bytes_per_token"])

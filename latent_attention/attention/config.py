@@ -8,6 +8,7 @@ its value and what is allowed.
 import dataclasses
 
 from latent_attention.attention.rope import ROPE_SCALINGS
+from latent_attention.config import check_fields, fail
 
 KINDS = ("mha", "gqa", "mqa", "mla", "gla", "gta", "tpa", "lowrank_gated", "head_gated")
 LATENT_KINDS = ("mla", "gla")  # MultiHeadLatentAttention: the MLA fields below apply.
@@ -84,113 +85,107 @@ class AttentionConfig:
     return {"mha": self.num_heads, "mqa": 1}.get(self.kind, self.num_kv_heads)
 
 
-def _fail(field, value, allowed):
-  raise ValueError(f"model.attention.{field}={value!r} is invalid: {allowed}")
+# YaRN's fields: plain RoPE (rope_scaling='none') ignores them, so there they keep their defaults.
+YARN_FIELDS = ("rope_factor", "rope_original_len", "rope_beta_fast", "rope_beta_slow",
+               "rope_mscale")
 
 
-def _positive(cfg, *fields):
-  for f in fields:
-    v = getattr(cfg, f)
-    if not isinstance(v, int) or v < 1:
-      _fail(f, v, "must be a positive integer")
+def _fail(field, value, allowed, section="attention"):
+  fail(f"model.{section}.{field}", value, allowed)
 
 
 def validate(cfg: AttentionConfig) -> None:
-  """Raises ValueError on the first inconsistent field."""
-  if cfg.kind not in KINDS:
-    _fail("kind", cfg.kind, f"choose one of {', '.join(KINDS)}")
-  if cfg.implementation not in IMPLEMENTATIONS:
-    _fail("implementation", cfg.implementation, f"choose one of {', '.join(IMPLEMENTATIONS)}")
-  _positive(cfg, "num_heads", "num_kv_heads", "head_dim")
+  """Raises ValueError on the first bad field: the type and range of every field whatever the
+  kind (a sweep switching `kind` keeps the others' values), then the relations of the fields
+  the kind reads."""
+  check_fields(
+      cfg, "model.attention",
+      positive=("num_heads", "num_kv_heads", "head_dim", "kv_lora_rank", "qk_rope_head_dim",
+                "mla_rope_heads", "v_head_dim", "gla_latent_heads", "tpa_q_rank", "tpa_k_rank",
+                "tpa_v_rank", "lowrank_rank"),
+      non_negative=("rope_original_len", "q_lora_rank", "qk_nope_head_dim", "head_gated_top_k"),
+      positive_numbers=("rope_theta", "rope_factor", "rope_beta_fast", "rope_beta_slow"),
+      non_negative_numbers=("rope_mscale",),
+      choices={"kind": KINDS, "implementation": IMPLEMENTATIONS, "rope_scaling": ROPE_SCALINGS,
+               "mla_decode_mode": MLA_DECODE_MODES, "lowrank_combine": LOWRANK_COMBINES,
+               "head_gated_pool": HEAD_GATED_POOLS})
   if cfg.kind in ("gqa", "gta") and cfg.num_heads % cfg.num_kv_heads:
     _fail("num_kv_heads", cfg.num_kv_heads,
           f"must divide num_heads={cfg.num_heads}")
   if cfg.head_dim % 2:
     _fail("head_dim", cfg.head_dim, "RoPE needs an even head dim")
-  if cfg.rope_theta <= 0:
-    _fail("rope_theta", cfg.rope_theta, "must be > 0")
-  if cfg.rope_scaling not in ROPE_SCALINGS:
-    _fail("rope_scaling", cfg.rope_scaling, f"choose one of {', '.join(ROPE_SCALINGS)}")
+  if not cfg.rope_factor >= 1:
+    _fail("rope_factor", cfg.rope_factor, "must be >= 1 (target / original context)")
   if cfg.rope_scaling == "yarn":
-    if not cfg.rope_factor >= 1:
-      _fail("rope_factor", cfg.rope_factor, "must be >= 1 (target / original context)")
-    if not isinstance(cfg.rope_original_len, int) or cfg.rope_original_len < 1:
+    if cfg.rope_original_len < 1:
       _fail("rope_original_len", cfg.rope_original_len,
             "rope_scaling=yarn needs the training context length (a positive integer)")
-    if not cfg.rope_beta_fast > cfg.rope_beta_slow > 0:
+    if not cfg.rope_beta_fast > cfg.rope_beta_slow:
       _fail("rope_beta_slow", cfg.rope_beta_slow,
             f"must be > 0 and < rope_beta_fast={cfg.rope_beta_fast}")
-    if cfg.rope_mscale < 0:
-      _fail("rope_mscale", cfg.rope_mscale, "must be >= 0")
-  if cfg.kind == "gta":
-    _positive(cfg, "qk_rope_head_dim")
-    if cfg.qk_rope_head_dim % 2 or cfg.qk_rope_head_dim >= cfg.head_dim:
-      _fail("qk_rope_head_dim", cfg.qk_rope_head_dim,
-            f"gta needs an even RoPE width below head_dim={cfg.head_dim} (H/2 in the paper)")
-  if cfg.kind == "tpa":
-    _positive(cfg, "tpa_q_rank", "tpa_k_rank", "tpa_v_rank")
-  if cfg.kind == "gla":
-    _positive(cfg, "gla_latent_heads")
-    if cfg.num_heads % cfg.gla_latent_heads:
-      _fail("gla_latent_heads", cfg.gla_latent_heads, f"must divide num_heads={cfg.num_heads}")
+  else:  # a silently ignored factor would evaluate plain RoPE under a YaRN label.
+    for f in YARN_FIELDS:
+      default = AttentionConfig.__dataclass_fields__[f].default
+      if getattr(cfg, f) != default:
+        _fail(f, getattr(cfg, f), f"it applies with rope_scaling='yarn' only (this config has "
+              f"{cfg.rope_scaling!r}): set rope_scaling=yarn or leave it at {default!r}")
+  if not 0 < cfg.head_gated_keep_fraction <= 1:
+    _fail("head_gated_keep_fraction", cfg.head_gated_keep_fraction, "must be in (0, 1]")
+  if cfg.mla_rope_pairs:
+    _parse_pairs(cfg)
+  if cfg.kind == "gta" and (cfg.qk_rope_head_dim % 2 or cfg.qk_rope_head_dim >= cfg.head_dim):
+    _fail("qk_rope_head_dim", cfg.qk_rope_head_dim,
+          f"gta needs an even RoPE width below head_dim={cfg.head_dim} (H/2 in the paper)")
+  if cfg.kind == "gla" and cfg.num_heads % cfg.gla_latent_heads:
+    _fail("gla_latent_heads", cfg.gla_latent_heads, f"must divide num_heads={cfg.num_heads}")
   if cfg.kind in LATENT_KINDS:
-    _positive(cfg, "kv_lora_rank", "qk_rope_head_dim", "v_head_dim", "mla_rope_heads")
-    if not isinstance(cfg.qk_nope_head_dim, int) or cfg.qk_nope_head_dim < 0:
-      _fail("qk_nope_head_dim", cfg.qk_nope_head_dim, "must be an integer >= 0")
     if cfg.num_heads % cfg.mla_rope_heads:
       _fail("mla_rope_heads", cfg.mla_rope_heads, f"must divide num_heads={cfg.num_heads}")
-    if cfg.q_lora_rank < 0:
-      _fail("q_lora_rank", cfg.q_lora_rank, "must be >= 0 (0 disables query compression)")
     if cfg.qk_rope_head_dim % 2:
       _fail("qk_rope_head_dim", cfg.qk_rope_head_dim, "RoPE needs an even dim")
     if cfg.mla_rope_pairs:
       rope_pairs(cfg)
-    if cfg.mla_decode_mode not in MLA_DECODE_MODES:
-      _fail("mla_decode_mode", cfg.mla_decode_mode,
-            f"choose one of {', '.join(MLA_DECODE_MODES)}")
-  if cfg.kind == "lowrank_gated":
-    _positive(cfg, "lowrank_rank")
-    if cfg.lowrank_combine not in LOWRANK_COMBINES:
-      _fail("lowrank_combine", cfg.lowrank_combine,
-            f"choose one of {', '.join(LOWRANK_COMBINES)}")
-  if cfg.kind == "head_gated":
-    if not 0 <= cfg.head_gated_top_k <= cfg.num_heads:
-      _fail("head_gated_top_k", cfg.head_gated_top_k,
-            f"must be in [0, num_heads={cfg.num_heads}]")
-    if not 0 < cfg.head_gated_keep_fraction <= 1:
-      _fail("head_gated_keep_fraction", cfg.head_gated_keep_fraction, "must be in (0, 1]")
-    if cfg.head_gated_pool not in HEAD_GATED_POOLS:
-      _fail("head_gated_pool", cfg.head_gated_pool,
-            f"choose one of {', '.join(HEAD_GATED_POOLS)}")
+  if cfg.kind == "head_gated" and cfg.head_gated_top_k > cfg.num_heads:
+    _fail("head_gated_top_k", cfg.head_gated_top_k, f"must be in [0, num_heads={cfg.num_heads}]")
+
+
+def _parse_pairs(cfg: AttentionConfig) -> list[list[list[int]]]:
+  """`mla_rope_pairs` as integers per layer and group; its syntax is checked for every kind."""
+  try:
+    layers = [[[int(j) for j in g.split(",")] for g in layer.split(";")]
+              for layer in cfg.mla_rope_pairs.split("|")]
+  except ValueError:
+    layers = [[[-1]]]
+  if any(j < 0 for groups in layers for g in groups for j in g):
+    _fail("mla_rope_pairs", cfg.mla_rope_pairs, "'|'-separated layers of ';'-separated groups "
+          "of ','-separated integers >= 0, e.g. '0,5;1,2|0,1;3,7'")
+  return layers
 
 
 def rope_pairs(cfg: AttentionConfig) -> list[list[list[int]]]:
   """`mla_rope_pairs` parsed: per layer ('|'-separated; one group serves every layer), K_R
   lists (';') of d_R/2 distinct pair indices (',') below head_dim/2."""
-  want = (f"'|'-separated layers of {cfg.mla_rope_heads} ';'-separated groups "
-          f"(mla_rope_heads) of {cfg.qk_rope_head_dim // 2} distinct ','-separated integers "
-          f"in [0, head_dim/2={cfg.head_dim // 2})")
-  try:
-    layers = [[[int(j) for j in g.split(",")] for g in layer.split(";")]
-              for layer in cfg.mla_rope_pairs.split("|")]
-  except ValueError:
-    _fail("mla_rope_pairs", cfg.mla_rope_pairs, want)
+  layers = _parse_pairs(cfg)
   for groups in layers:
     if len(groups) != cfg.mla_rope_heads or any(
         len(set(g)) != len(g) or len(g) != cfg.qk_rope_head_dim // 2
         or not all(0 <= j < cfg.head_dim // 2 for j in g) for g in groups):
-      _fail("mla_rope_pairs", cfg.mla_rope_pairs, want)
+      _fail("mla_rope_pairs", cfg.mla_rope_pairs,
+            f"'|'-separated layers of {cfg.mla_rope_heads} ';'-separated groups "
+            f"(mla_rope_heads) of {cfg.qk_rope_head_dim // 2} distinct ','-separated integers "
+            f"in [0, head_dim/2={cfg.head_dim // 2})")
   return layers
 
 
-def check_width(cfg: AttentionConfig, d_model: int) -> None:
-  """Rank checks that need the model width."""
+def check_width(cfg: AttentionConfig, d_model: int, section: str = "attention") -> None:
+  """Rank checks that need the model width (`section`: the config's name for `cfg`)."""
   if cfg.kind in LATENT_KINDS:
     if cfg.latent_heads * cfg.kv_lora_rank > d_model:
       _fail("kv_lora_rank", cfg.kv_lora_rank,
             f"must be <= model.d_model={d_model}" + (
-                f" / gla_latent_heads={cfg.latent_heads}" if cfg.kind == "gla" else ""))
+                f" / gla_latent_heads={cfg.latent_heads}" if cfg.kind == "gla" else ""),
+            section)
     if cfg.q_lora_rank > d_model:
-      _fail("q_lora_rank", cfg.q_lora_rank, f"must be <= model.d_model={d_model}")
+      _fail("q_lora_rank", cfg.q_lora_rank, f"must be <= model.d_model={d_model}", section)
   if cfg.kind == "lowrank_gated" and cfg.lowrank_rank > cfg.head_dim:
-    _fail("lowrank_rank", cfg.lowrank_rank, f"must be <= head_dim={cfg.head_dim}")
+    _fail("lowrank_rank", cfg.lowrank_rank, f"must be <= head_dim={cfg.head_dim}", section)

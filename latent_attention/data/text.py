@@ -31,8 +31,6 @@ from tqdm import tqdm
 from latent_attention.data import sources
 from latent_attention.data.tokenizer import EOD, CharVocab, SubwordVocab
 
-TOKENIZERS = ("char", "sentencepiece")
-
 
 def documents(name: str, split: str, data_dir=None, chunk: int = 10_000):
   """The texts of a split's examples, in order; 'a+b' chains splits (e.g. 'validation+test').
@@ -81,9 +79,6 @@ class TextLM:
   def __init__(self, data_cfg, metadata: dict | None = None):
     self.cfg, metadata = data_cfg, metadata or {}
     self.tokenizer = data_cfg.get("tokenizer", "char")
-    if self.tokenizer not in TOKENIZERS:
-      raise ValueError(f"data.tokenizer={self.tokenizer!r} is invalid: choose one of "
-                       f"{', '.join(TOKENIZERS)}")
     saved = {"vocab": "char", "sentencepiece": "sentencepiece"}
     for key, kind in saved.items():
       if key in metadata and kind != self.tokenizer:
@@ -163,10 +158,7 @@ class EvalWindows(grain.RandomAccessDataSource):
   """
 
   def __init__(self, tokens: np.ndarray, seq_len: int, scored: int = 0):
-    self._t, self._scored = seq_len, scored or seq_len
-    if not 0 < self._scored <= seq_len:
-      raise ValueError(f"data.eval_window_targets={scored} is invalid: must be in "
-                       f"[0, data.seq_len={seq_len}]")
+    self._t, self._scored = seq_len, scored or seq_len  # data/config.py: scored <= seq_len.
     self._tokens = np.concatenate([np.zeros(seq_len - self._scored, np.int32), tokens])
     self._n = -(-(tokens.size - 1) // self._scored)
     self._num_targets = tokens.size - 1

@@ -19,6 +19,8 @@ import os
 
 import numpy as np
 
+from latent_attention.data.config import MIN_SUBWORD_VOCAB
+
 PAD, EOD, UNK = 0, 1, 2  # the Flax lm1b example's ids.
 
 
@@ -92,9 +94,10 @@ class SubwordVocab:
     """Trains on the first `max_chars` characters of `documents` (an iterable of strings),
     cut into lines of at most 2000 characters that keep their newlines."""
     import sentencepiece as spm
-    if vocab_size < 260:
+    if vocab_size < MIN_SUBWORD_VOCAB:
       raise ValueError(f"data.vocab_size={vocab_size} is invalid: a sub-word vocabulary needs "
-                       "at least 260 ids (3 special ids and the 256 byte-fallback ids)")
+                       f"at least {MIN_SUBWORD_VOCAB} ids (3 special ids and the 256 "
+                       "byte-fallback ids)")
 
     def lines():
       left = max_chars

@@ -24,8 +24,11 @@ def parse_config(model_config):
   nested = {}
   for section in ("attention", "cross_attention"):
     if section in model_config:
-      nested[section] = config_lib.from_config(
-          AttentionConfig, model_config[section], f"model.{section}")
+      try:
+        nested[section] = config_lib.from_config(
+            AttentionConfig, model_config[section], f"model.{section}")
+      except ValueError as e:  # AttentionConfig names its fields model.attention.*.
+        raise ValueError(str(e).replace("model.attention.", f"model.{section}.", 1)) from None
   return config_lib.from_config(cfg_cls, model_config, "model", **nested)
 
 

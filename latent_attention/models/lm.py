@@ -8,6 +8,7 @@ from flax import linen as nn
 
 from latent_attention.attention import (AttentionConfig, cache_elements_per_token,
                                         make_attention, projection)
+from latent_attention.attention.config import check_width
 from latent_attention.config import check_fields
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -35,6 +36,7 @@ class LMConfig:
   def __post_init__(self):
     check_fields(self, "model", positive=("vocab_size", "d_model", "num_layers", "kv_share_every"),
                  non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES)})
+    check_width(self.attention, self.d_model)  # here, not first when the model is built.
     if self.kv_share_every > 1 and self.attention.kind not in CLA_KINDS:
       raise ValueError(f"model.kv_share_every={self.kv_share_every} is invalid with "
                        f"attention.kind={self.attention.kind!r}: layers share keys and values "

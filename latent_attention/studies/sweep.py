@@ -23,6 +23,8 @@ A sweep file (configs/sweeps/*.py) has `get_config(arg)` returning a ConfigDict 
   reference           optional: the run the others are compared with (default: the first).
 
 Mappings with dotted keys are built as `ml_collections.ConfigDict(..., allow_dotted_keys=True)`.
+These fields (sweep_config.py), then the config of every run to train (`check_configs`:
+training/config.py), are checked before the first run starts or anything is written.
 
 Run `name` lives in <workdir>/<name>/ (with seeds: <workdir>/<name>/seed<s>/): a train.py
 workdir plus result.json (its table row and config) or, when it raised, error.txt (the
@@ -47,9 +49,10 @@ from absl import logging
 from latent_attention import config_files, models
 from latent_attention.bench import decode as decode_bench, step as step_bench
 from latent_attention.studies import results
+from latent_attention.studies.sweep_config import REPO_ROOT, check_sweep
 from latent_attention.training import checkpoint, evaluate, loop, metrics, peaks, resume
+from latent_attention.training.config import validate_config
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # --runlocal is a smoke test: its timings mean nothing, so time few steps.
 RUNLOCAL_BENCHMARK = {"steps": 3, "warmup": 1}
 RESULT, ERROR = "result.json", "error.txt"
@@ -58,6 +61,19 @@ RESULT, ERROR = "result.json", "error.txt"
 class Outcome(NamedTuple):
   rows: list  # the table rows, sorted as in results.csv.
   interrupted: str | None  # the signal that stopped the sweep, if any.
+
+
+def check_configs(sweep, runs: dict, jobs, runlocal: bool) -> None:
+  """Builds and validates the config of every (run name, seed) in `jobs` before the first run
+  trains: a bad value in the last run stops the sweep before the first one spends its hour."""
+  for name, seed in jobs:
+    try:
+      config = make_config(sweep, runs[name], runlocal)
+      if seed is not None:
+        config.seed = seed
+      validate_config(config)
+    except ValueError as e:
+      raise ValueError(f"sweep run {name!r}: {e}") from None
 
 
 def expand(sweep) -> dict:
@@ -91,19 +107,24 @@ def make_config(sweep, run: dict, runlocal: bool = False):
   path = os.path.join(REPO_ROOT, path)  # join keeps an absolute path as it is.
   config = config_files.load(f"{path}:{arg}" if arg else path)
   config.lock()
-  layers = [sweep.get("overrides") or {}, run["overrides"]]
+  layers = [("sweep overrides", sweep.get("overrides") or {}), ("run override", run["overrides"])]
   if runlocal:
-    layers.insert(1, sweep.get("runlocal_overrides") or {})
-  for layer in layers:
+    layers.insert(1, ("sweep runlocal_overrides", sweep.get("runlocal_overrides") or {}))
+  for label, layer in layers:
     for key, value in layer.items():
       parts, section = key.split("."), config
       for i, part in enumerate(parts):
         if not hasattr(section, "keys") or part not in section:
-          raise ValueError(f"override {key!r} is invalid: the config has no field "
+          raise ValueError(f"{label} {key!r} is invalid: the config has no field "
                            f"{'.'.join(parts[:i + 1])}")
         if i < len(parts) - 1:
           section = section[part]
-      section[parts[-1]] = value
+      try:
+        section[parts[-1]] = value
+      except TypeError:  # the locked config keeps each field's type.
+        old = section[parts[-1]]
+        raise ValueError(f"{label} {key}={value!r} is invalid: must be of type "
+                         f"{type(old).__name__}, like the base config's {old!r}") from None
   return config
 
 
@@ -114,10 +135,15 @@ def seed_list(sweep, num_seeds: int | None = None) -> list[int | None]:
     if num_seeds < 1:
       raise ValueError(f"--seeds={num_seeds} is invalid: must be a positive integer")
     return list(range(num_seeds))
-  seeds = list(sweep.get("seeds") or ())
-  if any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(
-      seeds):
-    raise ValueError(f"sweep seeds={tuple(seeds)!r} is invalid: must be distinct integers")
+  seeds = sweep.get("seeds") or ()
+  if not isinstance(seeds, (list, tuple)):
+    raise ValueError(f"sweep seeds={seeds!r} is invalid: must be a list of distinct "
+                     "non-negative integers")
+  seeds = list(seeds)
+  if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds) or len(
+      set(seeds)) < len(seeds):
+    raise ValueError(f"sweep seeds={tuple(seeds)!r} is invalid: must be distinct non-negative "
+                     "integers")
   return seeds or [None]
 
 
@@ -130,26 +156,13 @@ def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
   """Runs the sweep's runs (or those named in `only`) for each seed, then writes the tables and
   the plots."""
   sweep = config_files.load(sweep_spec)
-  quality = sweep.get("quality") or "perplexity"
-  results.check_quality(quality)
-  seeds = seed_list(sweep, num_seeds)
-  runs = expand(sweep)
-  reference = sweep.get("reference")
-  if reference is not None and reference not in runs:
-    raise ValueError(f"sweep reference={reference!r} is invalid: choose one of "
-                     f"{', '.join(runs)}")
-  unknown = sorted(set(only or ()) - set(runs))
-  if unknown:
-    raise ValueError(f"--only names unknown runs {', '.join(unknown)}; the sweep has "
-                     f"{', '.join(runs)}")
-  selected = [name for name in runs if not only or name in only]
+  runs, seeds, jobs = plan(sweep, runlocal, only, num_seeds)
   timing = RUNLOCAL_BENCHMARK if runlocal else {"steps": 50, "warmup": 5,
                                                  **(sweep.get("benchmark") or {})}
   os.makedirs(workdir, exist_ok=True)
   interrupted = None
   # train_and_evaluate's own handler takes over while it trains; at any other time a signal
   # stops the sweep once the current run is done.
-  jobs = [(name, seed) for name in selected for seed in seeds]
   with loop.StopFlag() as stop:
     for i, (name, seed) in enumerate(jobs, 1):
       tag = name if seed is None else f"{name} seed {seed}"
@@ -168,7 +181,28 @@ def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
       if row:
         rows.append({**row, "dir": os.path.relpath(run_dir_of(workdir, n, s), workdir)})
   title = sweep_spec + (" (runlocal)" if runlocal else "")
-  return Outcome(results.write_results(rows, workdir, title, quality, reference), interrupted)
+  return Outcome(results.write_results(rows, workdir, title, sweep.get("quality") or "perplexity",
+                                       sweep.get("reference")), interrupted)
+
+
+def plan(sweep, runlocal: bool = False, only: list[str] | None = None,
+         num_seeds: int | None = None) -> tuple[dict, list, list]:
+  """(runs by name, seeds, the (name, seed) jobs to train), once every field of the sweep and
+  the config of every job have been checked."""
+  check_sweep(sweep)
+  seeds = seed_list(sweep, num_seeds)
+  runs = expand(sweep)
+  reference = sweep.get("reference")
+  if reference is not None and reference not in runs:
+    raise ValueError(f"sweep reference={reference!r} is invalid: choose one of "
+                     f"{', '.join(runs)}")
+  unknown = sorted(set(only or ()) - set(runs))
+  if unknown:
+    raise ValueError(f"--only names unknown runs {', '.join(unknown)}; the sweep has "
+                     f"{', '.join(runs)}")
+  jobs = [(name, seed) for name in runs if not only or name in only for seed in seeds]
+  check_configs(sweep, runs, jobs, runlocal)
+  return runs, seeds, jobs
 
 
 def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:

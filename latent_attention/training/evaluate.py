@@ -14,6 +14,11 @@ from absl import logging
 from latent_attention import config_files, kv_cache_bytes, kv_cache_formula_bytes, models, timing
 from latent_attention.models.decoding import generate, init_cache
 from latent_attention.training import checkpoint, loop, metrics as metrics_lib
+from latent_attention.training.config import SECTIONS, validate_config
+
+# How errors about the config start (`override_config`'s and validation's), unlike a damaged
+# checkpoint's.
+_CONFIG_ERRORS = ("override ", "seed=", *(f"{s}." for s in SECTIONS[1:]))
 
 
 def override_config(saved: dict, overrides: dict) -> dict:
@@ -50,8 +55,8 @@ def restore_experiment(workdir: str, step: int | None = None, overrides: dict | 
     try:
       exp, state = _restore(mngr, step, overrides or {})
     except Exception as e:  # pylint: disable=broad-except
-      if isinstance(e, ValueError) and str(e).startswith(("override ", "model.", "data.")):
-        raise  # a bad override, not an unreadable checkpoint.
+      if isinstance(e, ValueError) and str(e).startswith(_CONFIG_ERRORS):
+        raise  # a bad override or value, not an unreadable checkpoint.
       readable = []
       for other in sorted(set(mngr.all_steps()) - {step}, reverse=True):
         try:
@@ -71,6 +76,8 @@ def restore_experiment(workdir: str, step: int | None = None, overrides: dict | 
 def _restore(mngr, step: int, overrides: dict):
   saved_config, metadata = checkpoint.read_json(mngr, step)
   config = override_config(saved_config, overrides)
+  if overrides:  # before anything is built or written.
+    validate_config(config)
   if jax.device_count() % config["train"].get("fsdp", 1):
     # Trained on more devices than this process sees: Orbax restores into any layout.
     config["train"]["fsdp"] = 1

@@ -26,6 +26,7 @@ from latent_attention.models import build_model
 from latent_attention.models.decoding import generate
 from latent_attention.training import (checkpoint, metrics as metrics_lib, peaks, resume,
                                        sharding, state as state_lib, steps)
+from latent_attention.training.config import validate_config
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,6 +65,11 @@ def setup(config, metadata: dict | None = None) -> Experiment:
   if vocab is not None and vocab.size != config.model.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is invalid: the "
                      f"{config.data.name} vocabulary has {vocab.size} symbols")
+  if vocab is not None and config.get("eval", {}).get("sample_len"):
+    try:  # now, not when the sample is drawn after training.
+      vocab.encode(config.eval.prompt)
+    except ValueError as e:
+      raise ValueError(f"eval.prompt={config.eval.prompt!r} is invalid: {e}") from None
   n_dev = jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     if getattr(config.train, field) % n_dev:
@@ -236,6 +242,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns a dict with the final evaluation, or with `interrupted` set when a signal stopped
   the run after saving a checkpoint.
   """
+  validate_config(config)  # a bad value stops here, before the workdir is made or changed.
   tcfg = config.train
   mngr = checkpoint.manager(workdir, tcfg.keep_checkpoints, tcfg.checkpoint_every)
   try:
