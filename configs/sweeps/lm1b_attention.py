@@ -46,9 +46,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                  **{f"model.attention.{k}": v for k, v in attention.items()}})
       for name, (attention, mlp_dim) in RUNS.items()
   ]
-  sweep.benchmark = ml_collections.ConfigDict()
-  sweep.benchmark.steps = 50  # timed train steps per run (median reported, with MFU).
-  sweep.benchmark.warmup = 5  # untimed steps first (compilation included).
   # Decode speed of each run's model at one point (scripts/benchmark_decode.py's measurement).
   sweep.decode = ml_collections.ConfigDict()
   sweep.decode.context = 4096  # cache length (prefill = context - steps).

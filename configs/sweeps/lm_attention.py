@@ -130,9 +130,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                          base=sweep.base.replace(":mha", ":mha,perceiver_ar"),
                          overrides={"model.num_layers": layers - 1,
                                     "model.mlp_dim": RUNS[size]["mha"][1]}))
-  sweep.benchmark = ml_collections.ConfigDict()
-  sweep.benchmark.steps = 50  # timed train steps per run (median reported).
-  sweep.benchmark.warmup = 5  # untimed steps first (compilation included).
   # Decode speed of each run's model (scripts/benchmark_decode.py's measurement) at one point.
   sweep.decode = ml_collections.ConfigDict()
   sweep.decode.context = 2048  # cache length (prefill = context - steps).

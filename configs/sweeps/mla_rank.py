@@ -30,7 +30,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # One run per d_c, named kv_lora_rank8 ... kv_lora_rank128.
   sweep.grid = ml_collections.ConfigDict(
       {"model.attention.kv_lora_rank": (8, 16, 32, 64, 128)}, allow_dotted_keys=True)
-  sweep.benchmark = ml_collections.ConfigDict()
-  sweep.benchmark.steps = 50  # timed train steps per run (median reported).
-  sweep.benchmark.warmup = 5  # untimed steps first (compilation included).
   return sweep

@@ -28,7 +28,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # One run per M, named num_latents8 ... num_latents128.
   sweep.grid = ml_collections.ConfigDict(
       {"model.num_latents": (8, 16, 32, 64, 128)}, allow_dotted_keys=True)
-  sweep.benchmark = ml_collections.ConfigDict()
-  sweep.benchmark.steps = 50  # timed train steps per run (median reported).
-  sweep.benchmark.warmup = 5  # untimed steps first (compilation included).
   return sweep
