@@ -16,7 +16,7 @@ MAX_LINES = 400
 LAYERS = (
     ("latent_attention", "latent_attention.config", "latent_attention.config_files",
      "latent_attention.timing", "latent_attention.plots"),
-    ("latent_attention.attention", "latent_attention.data"),
+    ("latent_attention.attention", "latent_attention.kernels", "latent_attention.data"),
     ("latent_attention.models",),
     ("latent_attention.training",),
     ("latent_attention.bench",),

@@ -26,14 +26,18 @@ Decoding reads the cache through `core.cached_attention` (naive mode: heads-majo
 import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from latent_attention.attention import cache, projection
 from latent_attention.attention.config import AttentionConfig, rope_pairs
-from latent_attention.attention.core import cached_attention, dot_product_attention, plan_masks
+from latent_attention.attention.core import (cached_attention, causal_mask,
+                                             dot_product_attention, plan_masks)
 from latent_attention.attention.rope import apply_rope, inv_frequencies, softmax_scale
+from latent_attention.kernels import paged_cache
+from latent_attention.kernels.latent_decode import paged_latent_attention
 
 _init = nn.initializers.lecun_normal()
 
@@ -53,8 +57,9 @@ class MultiHeadLatentAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
-               causal=True, decode=False, shared_kv=None, return_kv=False):
-    """See `latent_attention.attention` for the shared call signature."""
+               causal=True, decode=False, shared_kv=None, return_kv=False, pages=None):
+    """See `latent_attention.attention` for the shared call signature; `pages`: decode from the
+    paged cache (`models.lm.TransformerLM._pages`; kernels/paged_cache.py)."""
     cfg = self.cfg
     dense = functools.partial(projection.dense, dtype=self.dtype)
     n, c, r = cfg.num_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
@@ -94,7 +99,10 @@ class MultiHeadLatentAttention(nn.Module):
           *kv_BSD.shape[:2], kr, r)
       if inv_freq is not None:
         k_rope_BSKR = apply_rope(k_rope_BSKR, kv_pos_BS, inv_freq)
-      cached = decode and self._cache(pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH)
+      if decode and pages:
+        cached = self._paged(pos_BT, ckv_BSGC, k_rope_BSKR[:, :, 0], pages)
+      else:
+        cached = decode and self._cache(pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH)
       shared_kv = {"cache": cached} if cached else {"ckv": ckv_BSGC, "k_rope": k_rope_BSKR}
     if "cache" not in shared_kv:
       ckv_BSGC = shared_kv["ckv"]
@@ -107,7 +115,14 @@ class MultiHeadLatentAttention(nn.Module):
       return (y_BTD, shared_kv) if return_kv else y_BTD
     buffers, mask_BTS = shared_kv["cache"]
     t = x_BTD.shape[1]
-    if cfg.mla_decode_mode == "naive":
+    if "ckv_PGSC" in buffers:  # a decode step over the pages, by the Pallas kernel.
+      q_abs_BNC = jnp.einsum("BNH,CNH->BNC", q_nope_BTNH[:, 0], w_uk_CNH)
+      o_BNC = paged_latent_attention(
+          q_abs_BNC, q_rope_BTNR[:, 0], buffers["ckv_PGSC"], buffers["k_rope_PSR"],
+          pages["block_table"], pages["lengths"], scale=float(scale),
+          interpret=jax.default_backend() != "tpu")
+      out_BTNH = jnp.einsum("BNC,CNH->BNH", o_BNC, w_uv_CNH)[:, None]
+    elif cfg.mla_decode_mode == "naive":
       out_BTNH = cached_attention((q_BTNH,), (buffers["cached_key"],), buffers["cached_value"],
                                   mask_BTS=mask_BTS, scale=scale)
     elif cfg.mla_decode_mode == "absorbed" and absorb_is_cheaper(cfg, t):
@@ -137,6 +152,32 @@ class MultiHeadLatentAttention(nn.Module):
     key_BSNH = jnp.concatenate([_expand(ckv_BSGC, w_uk_CNH), k_rope_BSNR], axis=-1)
     return cache.update(self, pos_BT, seq_axis=2, cached_key=key_BSNH.transpose(0, 2, 1, 3),
                         cached_value=_expand(ckv_BSGC, w_uv_CNH).transpose(0, 2, 1, 3))
+
+  def _paged(self, pos_BT, ckv_BSGC, k_rope_BSR, pages):
+    """Writes this chunk into this layer's pages. Returns the pools for the kernel (a one-token
+    absorbed step with decode_kernel 'pallas'), else the pages gathered into contiguous buffers
+    and their causal mask for the XLA paths; None while the cache is being created."""
+    cfg = self.cfg
+    created = self.has_variable("cache", "ckv_PGSC")
+
+    def pool(i):  # called only when the cache is created.
+      return paged_cache.init_pool(pages["num_pages"], pages["page_size"], cfg.latent_heads,
+                                   cfg.kv_lora_rank, cfg.qk_rope_head_dim, ckv_BSGC.dtype)[i]
+
+    ckv = self.variable("cache", "ckv_PGSC", pool, 0)
+    k_rope = self.variable("cache", "k_rope_PSR", pool, 1)
+    if not created:
+      return None
+    ckv.value, k_rope.value = paged_cache.write(ckv.value, k_rope.value, pages["block_table"],
+                                                pos_BT, ckv_BSGC, k_rope_BSR)
+    t = pos_BT.shape[1]
+    if pages["kernel"] == "pallas" and t == 1 and cfg.mla_decode_mode == "absorbed":
+      return {"ckv_PGSC": ckv.value, "k_rope_PSR": k_rope.value}, None
+    ckv_BGSC, k_rope_BSR = paged_cache.gather(ckv.value, k_rope.value, pages["block_table"])
+    s = k_rope_BSR.shape[1]
+    buffers = {"cached_ckv": ckv_BGSC[:, 0] if cfg.latent_heads == 1 else ckv_BGSC,
+               "cached_k_rope": k_rope_BSR}
+    return buffers, causal_mask(pos_BT, jnp.arange(s)[None, :])
 
 
 def _expand(ckv_BSGC, w_CNH):

@@ -20,7 +20,7 @@ import numpy as np
 
 from latent_attention import kv_cache_bytes
 from latent_attention.models import build_model, parse_config
-from latent_attention.models.decoding import init_cache
+from latent_attention.models.decoding import decode_chunks, init_cache
 from latent_attention.models.perceiver_ar import PerceiverARConfig
 from latent_attention.training import peaks
 from latent_attention.training.metrics import format_duration
@@ -50,10 +50,16 @@ def check_variants(names) -> None:
       raise ValueError(f"--variants: {name!r} is invalid: choose from {', '.join(VARIANTS)}")
 
 
-def variant_config(model_config, name: str, perceiver_latents: int):
-  """The model dataclass of variant `name` built on `model_config` (an LM section)."""
+def variant_config(model_config, name: str, perceiver_latents: int,
+                   decode_cache: str = "contiguous", decode_kernel: str = "xla"):
+  """The model dataclass of variant `name` built on `model_config` (an LM section). A latent
+  cache (mla / gla, not naive) takes `decode_cache`; an absorbed one also `decode_kernel`."""
   lm = parse_config(model_config)
   attention = dataclasses.replace(lm.attention, **VARIANTS[name])
+  paged = {}
+  if paged_variant(name) and decode_cache == "paged":
+    paged = dict(decode_cache="paged", decode_kernel=(
+        decode_kernel if attention.mla_decode_mode == "absorbed" else "xla"))
   if attention.kind == "gla":  # GLA-G splits MLA's latent into G heads (the paper's pairing).
     g = attention.gla_latent_heads
     if attention.kv_lora_rank % g:
@@ -61,11 +67,39 @@ def variant_config(model_config, name: str, perceiver_latents: int):
                        f"gla_absorbed: must be divisible by gla_latent_heads={g}")
     attention = dataclasses.replace(attention, kv_lora_rank=attention.kv_lora_rank // g)
   if name != "perceiver_ar":
-    return dataclasses.replace(lm, attention=attention)
+    return dataclasses.replace(lm, attention=attention, **paged)
   return PerceiverARConfig(
       vocab_size=lm.vocab_size, d_model=lm.d_model, num_latents=perceiver_latents,
       num_layers=lm.num_layers, mlp_dim=lm.mlp_dim or 4 * lm.d_model,
       tie_embeddings=lm.tie_embeddings, dtype=lm.dtype, attention=attention)
+
+
+def paged_variant(name: str) -> bool:
+  """Variants with a latent cache, the ones the paged cache holds."""
+  return VARIANTS[name]["kind"] in ("mla", "gla") and name != "mla_naive"
+
+
+def kernel_variant(name: str) -> bool:
+  """Variants whose paged decode steps `decode_kernel` picks: the absorbed ones."""
+  return paged_variant(name) and VARIANTS[name].get("mla_decode_mode") == "absorbed"
+
+
+def _batch_cache(cache_1, shapes):
+  """A one-sequence cache repeated over a batch. Contiguous buffers are broadcast (one
+  sequence's have no batch axis, attention/cache.py); each row of a paged cache gets its own
+  copy of the pages (pools tiled, block tables offset), so a step reads B rows' pages."""
+  pages = next((x.shape[0] for path, x in jax.tree_util.tree_leaves_with_path(cache_1)
+                if path[-1].key == "page_taken"), 0)
+
+  def grow(path, x, s):
+    name = path[-1].key
+    if name in ("ckv_PGSC", "k_rope_PSR", "page_taken"):
+      return jnp.copy(jnp.concatenate([x] * (s.shape[0] // x.shape[0])))  # copied at batch 1.
+    if name == "block_table":
+      return x + pages * jnp.arange(s.shape[0], dtype=x.dtype)[:, None]
+    return jnp.copy(jnp.broadcast_to(x if x.ndim == len(s.shape) else x[None], s.shape))
+
+  return jax.tree_util.tree_map_with_path(grow, cache_1, shapes)
 
 
 def _tree_bytes(tree) -> int:
@@ -114,11 +148,8 @@ def measure(model_cfg, *, context: int, batches, steps: int, bandwidth: float,
   weight_bytes = _tree_bytes(params)
   rows = []
   for batch in batches:
-    # Fresh buffers for every batch size (the decode call donates them). A one-sequence cache
-    # has no batch axis (attention/cache.py), so each leaf is broadcast to the batch's shape.
-    shapes = jax.eval_shape(lambda: init_cache(model, batch, context))
-    cache = jax.tree.map(lambda x, s: jnp.copy(jnp.broadcast_to(
-        x if x.ndim == len(s.shape) else x[None], s.shape)), cache_1, shapes)
+    # Fresh buffers for every batch size (the decode call donates them).
+    cache = _batch_cache(cache_1, jax.eval_shape(lambda: init_cache(model, batch, context)))
     tok_B1 = jnp.repeat(tok_11, batch, axis=0)
     # XLA counts a loop body once whatever its trip count: FLOPs come from one step's program.
     flops = peaks.xla_flops(jax.jit(step).lower(params, cache, tok_B1))
@@ -155,10 +186,41 @@ def device_name() -> str:
   return kind
 
 
+def kernel_check(model_cfg, *, context: int, steps: int, seed: int = 0) -> dict:
+  """The Pallas kernel in interpret mode against the XLA path, both over the paged cache: the
+  logits of a prefill of context - steps tokens and `steps` single-token steps (one sequence).
+  Off TPU the kernel only runs interpreted, so this is its check there, not a timing."""
+  xla = build_model(dataclasses.replace(model_cfg, decode_kernel="xla"))
+  pallas = build_model(dataclasses.replace(model_cfg, decode_kernel="pallas"))
+  params = xla.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]
+  tokens_1T = jax.random.randint(jax.random.key(seed + 1), (1, context), 0, model_cfg.vocab_size)
+  chunks = [context - steps] + [1] * steps
+  run_xla, run_pallas = (jax.jit(lambda p, t, m=m: decode_chunks(m, p, t, chunks)[0])
+                         for m in (xla, pallas))
+  want, got = run_xla(params, tokens_1T)[0, -steps:], run_pallas(params, tokens_1T)[0, -steps:]
+  return {"context": context, "steps": steps, "max_abs_logit": float(jnp.abs(want).max()),
+          "max_abs_difference": float(jnp.abs(got - want).max())}
+
+
 def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: float,
-        perceiver_latents: int, log=print) -> dict:
-  """Every variant x context x batch point, with a progress line (and ETA) per point."""
+        perceiver_latents: int, decode_cache: str = "contiguous", decode_kernel: str = "xla",
+        log=print) -> dict:
+  """Every variant x context x batch point, with a progress line (and ETA) per point. With
+  decode_kernel 'pallas' off TPU, the absorbed paged variants get `kernel_check` instead of
+  timings."""
   check_variants(variants)
+  checks = []
+  if decode_kernel == "pallas" and jax.default_backend() != "tpu":
+    log(f"--decode_kernel=pallas on {jax.default_backend()}: Pallas runs interpreted here, so "
+        "its variants are checked against the XLA path, not timed (timings need a TPU)")
+    for name in [v for v in variants if kernel_variant(v)]:
+      cfg = variant_config(model_config, name, perceiver_latents, decode_cache, decode_kernel)
+      for context in contexts:
+        checks.append({"variant": name, **kernel_check(cfg, context=context, steps=steps)})
+        log(f"{name} context={context}: pallas (interpret) vs xla, max |logit difference| "
+            f"{checks[-1]['max_abs_difference']:.3g} (max |logit| "
+            f"{checks[-1]['max_abs_logit']:.3g})")
+    variants = [v for v in variants if not kernel_variant(v)]
   # The best of three measurements: on a shared machine one can catch a neighbour's burst.
   bandwidth, flops_rate = max(peaks.read_bandwidth() for _ in range(3)), peaks.matmul_flops()
   log(f"read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 matmul {flops_rate / 1e9:.0f} "
@@ -166,7 +228,7 @@ def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: flo
   points = [(v, c) for v in variants for c in contexts]
   rows, start = [], time.perf_counter()
   for i, (name, context) in enumerate(points, 1):
-    cfg = variant_config(model_config, name, perceiver_latents)
+    cfg = variant_config(model_config, name, perceiver_latents, decode_cache, decode_kernel)
     for row in measure(cfg, context=context, batches=batches, steps=steps, bandwidth=bandwidth,
                        flops_rate=flops_rate, memory_gb=memory_gb):
       rows.append({"variant": name, **row})
@@ -183,7 +245,8 @@ def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: flo
       row["times_bound"] = row["decode_ms_per_step"] / row["bound_ms_per_step"]
   return {"device": device_name(), "backend": jax.default_backend(),
           "read_bandwidth_gb_per_s": final / 1e9, "matmul_gflop_per_s": flops_rate / 1e9,
-          "steps": steps, "memory_gb": memory_gb, "rows": rows}
+          "steps": steps, "memory_gb": memory_gb, "decode_cache": decode_cache,
+          "decode_kernel": decode_kernel, "rows": rows, "kernel_checks": checks}
 
 
 def markdown(result: dict) -> str:
@@ -191,7 +254,8 @@ def markdown(result: dict) -> str:
   lines = [f"Device: {result['device']}, read bandwidth {result['read_bandwidth_gb_per_s']:.1f} "
            f"GB/s, float32 matmul {result['matmul_gflop_per_s']:.0f} GFLOP/s; decode = mean of "
            f"the last {result['steps']} steps (one scan). bound = (cache + weight bytes) / "
-           "bandwidth; compute = XLA's FLOPs / matmul rate.", "",
+           "bandwidth; compute = XLA's FLOPs / matmul rate. Latent variants' cache: "
+           f"{result['decode_cache']}, decode kernel: {result['decode_kernel']}.", "",
            "| variant | context | batch | prefill s (1 seq) | decode ms/step | tokens/s "
            "| cache B/token | bound ms | x bound | compute ms | GFLOP/s | max batch |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -202,6 +266,14 @@ def markdown(result: dict) -> str:
         f"{r['cache_bytes_per_token']:,.0f} | {r['bound_ms_per_step']:.2f} | "
         f"{r['times_bound']:.1f} | {r['compute_ms_per_step']:.2f} | "
         f"{r['achieved_gflop_per_s']:.0f} | {r['max_batch_in_memory'] or '-'} |")
+  if result["kernel_checks"]:
+    lines += ["", "Pallas kernel in interpret mode against the XLA path (paged cache), logits of "
+              "the last steps; timings need a TPU:", "",
+              "| variant | context | steps | max abs logit difference | max abs logit |",
+              "|---|---:|---:|---:|---:|"]
+    lines += [f"| {c['variant']} | {c['context']} | {c['steps']} | "
+              f"{c['max_abs_difference']:.3g} | {c['max_abs_logit']:.3g} |"
+              for c in result["kernel_checks"]]
   return "\n".join(lines) + "\n"
 
 
