@@ -66,24 +66,33 @@ class _Identity(grain.MapTransform):
     return record
 
 
+def per_record_loader(source, batch_size, seed, operations=(_Identity(),)):
+  """The loader before `sources.ArrayBatches`: Grain reads, maps and batches one record at a
+  time in `BatchSlices` order (the reference the batch-level loader must equal)."""
+  return grain.DataLoader(data_source=source, sampler=sources.BatchSlices(len(source),
+                                                                          batch_size, seed),
+                          operations=[*operations, grain.Batch(batch_size, drop_remainder=True)],
+                          shard_options=grain.NoSharding())
+
+
 def test_in_memory_batches_equal_the_per_record_loader_and_resume():
   """Same batches in the same order as Grain batching one record at a time, across epochs."""
   rng = np.random.default_rng(0)
   records = sources.ArrayRecords({"inputs": rng.integers(0, 256, (50, 3, 3, 1), np.uint8),
                                   "targets": np.arange(50, dtype=np.int32)})
-  old = iter(sources.train_loader(records, 8, 3, [_Identity()]))
-  new = iter(sources.array_train_loader(records, 8, 3))
+  old = iter(per_record_loader(records, 8, 3))
+  new = iter(sources.batch_train_loader(records, 8, 3))
   for _ in range(4):
     a, b = next(old), next(new)
     assert all(np.array_equal(a[k], b[k]) for k in a)
   state = new.get_state()  # what a checkpoint stores (grain's CheckpointHandler).
   later = [next(new) for _ in range(5)]  # 9 batches of 8 > the 50 records: a second epoch.
-  resumed = iter(sources.array_train_loader(records, 8, 3))
+  resumed = iter(sources.batch_train_loader(records, 8, 3))
   resumed.set_state(state)
   for batch, a in zip(later, [next(old) for _ in range(5)]):
     b = next(resumed)
     assert all(np.array_equal(batch[k], b[k]) and np.array_equal(a[k], b[k]) for k in a)
-  epoch = next(iter(sources.array_train_loader(records, 48, 3)))["targets"]
+  epoch = next(iter(sources.batch_train_loader(records, 48, 3)))["targets"]
   assert len(set(epoch.tolist())) == 48  # 48 of the 50 records, none twice.
 
 

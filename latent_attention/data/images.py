@@ -59,7 +59,7 @@ class ImageClassification:
     return decoded_split(self.cfg.name, split, self.cfg.data_dir)
 
   def train_loader(self, batch_size, seed):
-    return sources.array_train_loader(self._records(self.cfg.train_split), batch_size, seed,
+    return sources.batch_train_loader(self._records(self.cfg.train_split), batch_size, seed, (),
                                       self.cfg.worker_count)
 
   def eval_batches(self, split, batch_size):

@@ -4,7 +4,8 @@ TFDS datasets are read with `tfds.data_source` (ArrayRecord, random access); no 
 imported on the input path. Training loaders shuffle with a seeded `grain.IndexSampler` and each
 JAX process reads its slice of every global batch (`BatchSlices`), so the stream is
 deterministic, the same on any number of processes, and its position is checkpointed with the
-model.
+model. Grain handles one record per *batch* (`ArrayBatches`, gathered with one vectorised numpy
+index where the source has one), which keeps that stream at a fraction of the per-record cost.
 """
 
 import functools
@@ -44,6 +45,10 @@ class WindowSource(grain.RandomAccessDataSource):
     start = int(i) * self._stride
     return self._tokens[start:start + self._length]
 
+  def gather(self, keys: np.ndarray) -> np.ndarray:
+    """Windows `keys` as one [len(keys), length] array: one fancy index into the tokens."""
+    return np.asarray(self._tokens[keys[:, None] * self._stride + np.arange(self._length)])
+
 
 class ArrayRecords(grain.RandomAccessDataSource):
   """Record i = {name: array[i]} of equal-length in-memory arrays (decoded once, indexed)."""
@@ -60,6 +65,9 @@ class ArrayRecords(grain.RandomAccessDataSource):
 
   def __getitem__(self, i):
     return {name: array[i] for name, array in self.arrays.items()}
+
+  def gather(self, keys: np.ndarray) -> dict:
+    return {name: array[keys] for name, array in self.arrays.items()}
 
 
 class BatchSlices:
@@ -109,14 +117,15 @@ class BatchSlices:
 
 
 class ArrayBatches(grain.RandomAccessDataSource):
-  """Record j = this process's j-th batch of an endless shuffled pass over `ArrayRecords`.
+  """Record j = this process's j-th batch of an endless shuffled pass over `records`.
 
-  Batch j gathers the records that `train_loader` would batch as its j-th batch (the same
-  `BatchSlices`), so the stream is the same, at one Python call and one numpy gather per batch
-  instead of per record.
+  Batch j holds the records a per-record Grain loader (`BatchSlices` sampler, then
+  `grain.Batch`) would batch as its j-th batch, so the stream is the same, at one Python call
+  and one vectorised `gather(records, keys)` per batch instead of Grain's per-record path
+  (~0.5 ms a record: 120-140 ms for lm1b's 256 windows; docs/results/input_pipeline.md).
   """
 
-  def __init__(self, records: ArrayRecords, batch_size: int, seed: int):
+  def __init__(self, records, batch_size: int, seed: int):
     self._records, self._seed = records, seed
     self._local = per_process_batch(batch_size)
     self._sampler = BatchSlices(len(records), batch_size, seed)
@@ -129,26 +138,33 @@ class ArrayBatches(grain.RandomAccessDataSource):
 
   def __getitem__(self, j):
     first = int(j) * self._local
-    keys = [self._sampler.record_key(first + r) for r in range(self._local)]
-    return {name: array[keys] for name, array in self._records.arrays.items()}
+    keys = np.fromiter((self._sampler.record_key(first + r) for r in range(self._local)),
+                       np.int64, self._local)
+    return gather(self._records, keys)
 
 
-def array_train_loader(records: ArrayRecords, batch_size: int, seed: int,
-                       worker_count: int = 0):
-  """`train_loader` over in-memory records, batched by `ArrayBatches` (same stream, faster)."""
+def gather(records, keys: np.ndarray):
+  """Records `keys` of `records` as one batch: its own vectorised `gather` where it has one
+  (an array of windows, a dict of arrays), else its records stacked."""
+  if hasattr(records, "gather"):
+    return records.gather(keys)
+  rows = [records[k] for k in keys]
+  return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+
+
+def batch_train_loader(records, batch_size: int, seed: int, operations=(),
+                       worker_count: int = 0, read_ahead: int = 8):
+  """Infinite shuffled loader of this process's share of each global batch, one Grain record
+  per batch (`ArrayBatches`); `operations` map whole batches. Grain's reader threads keep
+  `read_ahead` batches ready (its default, 500 records, would hold 750 MB of lm1b batches),
+  one thread per batch in flight (more could not run: Grain warns)."""
   batches = ArrayBatches(records, batch_size, seed)
   sampler = grain.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=None,
                                shard_options=grain.NoSharding())
-  return grain.DataLoader(data_source=batches, sampler=sampler, worker_count=worker_count)
-
-
-def train_loader(source, batch_size: int, seed: int, operations=(), worker_count: int = 0):
-  """Infinite shuffled loader yielding this process's share of each global batch."""
-  sampler = BatchSlices(len(source), batch_size, seed)
-  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=worker_count,
-                          shard_options=grain.NoSharding(), operations=[
-                              *operations,
-                              grain.Batch(per_process_batch(batch_size), drop_remainder=True)])
+  return grain.DataLoader(data_source=batches, sampler=sampler, operations=operations,
+                          worker_count=worker_count,
+                          read_options=grain.ReadOptions(num_threads=read_ahead,
+                                                         prefetch_buffer_size=read_ahead))
 
 
 def eval_batches(source, batch_size: int, operations=()):

@@ -17,7 +17,7 @@ Example i is a pure function of (seed, split, i), so the sources are random acce
 deterministic like the TFDS ones. A training set of at most `_MATERIALIZE_TOKENS` tokens (MQAR's
 100k examples) is generated once into memory and batched by numpy gathers, the same stream at a
 fraction of the per-step cost (Zoology's recipe cycles a fixed set for epochs); larger ones
-(`lm1b.py:synthetic`) are generated on demand.
+(`lm1b.py:synthetic`) are generated on demand, a batch per Grain record.
 """
 
 import time
@@ -128,9 +128,9 @@ class Synthetic:
 
   def train_loader(self, batch_size, seed):
     src = self._source_cls(self.cfg, "train", self.cfg.num_train_examples)
-    if len(src) * self.cfg.seq_len > _MATERIALIZE_TOKENS:
-      return sources.train_loader(src, batch_size, seed, (), self.cfg.worker_count)
-    return sources.array_train_loader(_materialize(src), batch_size, seed, self.cfg.worker_count)
+    if len(src) * self.cfg.seq_len <= _MATERIALIZE_TOKENS:
+      src = _materialize(src)
+    return sources.batch_train_loader(src, batch_size, seed, (), self.cfg.worker_count)
 
   def eval_batches(self, split, batch_size):
     return sources.eval_batches(self._source_cls(self.cfg, split, self.cfg.num_eval_examples),
@@ -140,8 +140,7 @@ class Synthetic:
 def _materialize(src) -> sources.ArrayRecords:
   """Every example of `src` stacked into arrays (example i stays row i)."""
   start = time.time()
-  rows = [src[i] for i in range(len(src))]
-  records = sources.ArrayRecords({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+  records = sources.ArrayRecords(sources.gather(src, np.arange(len(src))))
   logging.info("generated %d %s training examples in %.1f s", len(src), src.cfg.name,
                time.time() - start)
   return records

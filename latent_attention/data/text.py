@@ -52,12 +52,13 @@ def split_text(name: str, split: str, data_dir=None) -> str:
 
 
 class ToExample(grain.MapTransform):
-  """A window of T+1 tokens -> inputs, next-token targets and weights."""
+  """A window of T+1 tokens (or a [B, T+1] batch of them) -> inputs, next-token targets and
+  weights."""
 
   def map(self, window):
     window = np.asarray(window, np.int32)
-    return {"inputs": window[:-1], "targets": window[1:],
-            "weights": np.ones(window.size - 1, np.float32)}
+    return {"inputs": window[..., :-1], "targets": window[..., 1:],
+            "weights": np.ones((*window.shape[:-1], window.shape[-1] - 1), np.float32)}
 
 
 class TargetBytes(grain.MapTransform):
@@ -141,7 +142,8 @@ class TextLM:
 
   def train_loader(self, batch_size, seed):
     src = sources.WindowSource(self._tokens(self.cfg.train_split), self.cfg.seq_len + 1)
-    return sources.train_loader(src, batch_size, seed, [ToExample()], self.cfg.worker_count)
+    return sources.batch_train_loader(src, batch_size, seed, [ToExample()],
+                                      self.cfg.worker_count)
 
   def eval_batches(self, split, batch_size):
     return sources.eval_batches(
