@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/lm_shakespeare_mla
 # Parallel test workers: one per core (pytest-xdist); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto
 
-.PHONY: venv train train-multiprocess test test-results eval lock clean
+.PHONY: venv preflight-deps train train-multiprocess test test-results eval lock clean
 
 venv: $(VENV)/.installed
 
@@ -18,6 +18,16 @@ $(VENV)/.installed: requirements.lock
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+# The pre-flight's compilers (libtpu, jax-cuda12-plugin) go to $(VENV)/preflight, outside
+# site-packages: bench/preflight.py alone puts them on its path (requirements-preflight.txt says
+# why). Their markers install nothing off Linux x86-64, where tests/test_preflight.py skips.
+preflight-deps: $(VENV)/preflight/.installed  ## libtpu + CUDA plugin for scripts/preflight.py.
+
+$(VENV)/preflight/.installed: requirements-preflight.lock $(VENV)/.installed
+	$(PY) -m pip install --quiet --upgrade --no-deps --target $(VENV)/preflight \
+	  -r requirements-preflight.lock
 	touch $@
 
 train: venv  ## Train the default config (MLA on tiny_shakespeare), evaluate, print a sample.
@@ -32,7 +42,8 @@ train-multiprocess: venv  ## `train` as 2 local processes of 2 CPU devices, in $
 eval: venv  ## Evaluate the latest checkpoint of $(WORKDIR) (eval_results.json there).
 	$(PY) eval.py --workdir=$(WORKDIR)
 
-test: venv  ## The fast tier. pytest's exit code 5 (no test collected) counts as a failure.
+# The fast tier. pytest's exit code 5 (no test collected) counts as a failure.
+test: venv preflight-deps  ## The fast tier, on every core.
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -44,6 +55,8 @@ lock: venv  ## Re-pin requirements.lock from requirements.txt (then `make venv` 
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 \
 	  -o requirements.lock
+	$(VENV)/bin/uv pip compile requirements-preflight.txt --universal --python-version 3.11 \
+	  -o requirements-preflight.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache

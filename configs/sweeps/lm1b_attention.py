@@ -11,6 +11,12 @@ D = 768 with 12 heads of 64, a 32k SentencePiece vocabulary, T = 512, batch 256,
 (2.6B tokens). As in lm_attention.py, parameter counts match mha's (109.5M) through the MLP
 width F (within 0.003%; tests/test_sweep.py checks 1%).
 
+Where it fits (pre-flight, compiled on a CPU: docs/results/preflight.md): every run's train step
+fits a v5e:2x4 slice (32 sequences per chip, 11.8-12.7 GiB of 16 per chip) and an h100:1x1x8
+node (32 per GPU). mha and mla do not fit a v5e:2x2 (64 per chip: 18.4 and 17.5 GiB of
+temporaries, compiled by hand when the pre-flight was proposed). Check another slice first:
+`scripts/sweep.py --sweep=configs/sweeps/lm1b_attention.py --workdir=DIR --preflight=v5e:2x4`.
+
 Time per run on one H100 (not measured: no GPU was lent while this was written). XLA counts
 ~0.75 GFLOP per token for the train step, so 20k steps of 131k tokens are ~2e18 FLOPs: about
 1.4 hours at 40% MFU of the H100's 989 bf16 TFLOP/s, plus evaluation. `scripts/benchmark.py

@@ -15,6 +15,8 @@ layout"); prompts longer than `QUERY_CHUNK` are attended in chunks of queries so
 long prefill never exceed [B, N, QUERY_CHUNK, S].
 """
 
+import contextvars
+
 import jax
 import jax.numpy as jnp
 
@@ -58,12 +60,19 @@ def plan_masks(*, self_attn, causal, pos_BT, kv_pos_BS, mask_BTS, shared_kv=None
   return kv_pos_BS, mask_BTS, False
 
 
+# The platform `auto` picks for: the default backend's, unless bench/preflight.py is tracing a
+# step for the TPU ('tpu') or GPU ('cuda': XLA attention, as cuDNN needs its libraries to
+# compile) it compiles for on a CPU.
+target_platform = contextvars.ContextVar("target_platform", default=None)
+
+
 def _pick_implementation(implementation, q_BTNH, v_BSKH, mask_BTS, is_causal):
   if implementation != "auto":
     return implementation
-  if q_BTNH.shape[-1] != v_BSKH.shape[-1] or jax.default_backend() == "cpu":
+  platform = target_platform.get() or jax.default_backend()
+  if q_BTNH.shape[-1] != v_BSKH.shape[-1] or platform == "cpu":
     return "einsum"
-  if (jax.default_backend() == "gpu" and q_BTNH.dtype in _CUDNN_DTYPES and mask_BTS is None
+  if (platform == "gpu" and q_BTNH.dtype in _CUDNN_DTYPES and mask_BTS is None
       and q_BTNH.shape[-1] % 8 == 0 and q_BTNH.shape[-1] <= 128 and is_causal):
     return "cudnn"
   return "xla"

@@ -78,10 +78,17 @@ def setup(config, metadata: dict | None = None) -> Experiment:
   model = build_model(config.model)
   optimizer = state_lib.make_optimizer(config.train)
   mesh = sharding.make_mesh(config.train.get("fsdp", 1))
-  data_sharding, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
   example = jnp.zeros((1, *dataset.input_shape()), dataset.input_dtype)
+  return Experiment(config, dataset, model, optimizer, mesh, sharding.batch_sharding(mesh),
+                    *jit_steps(model, optimizer, mesh, example))
+
+
+def jit_steps(model, optimizer, mesh, example_inputs):
+  """(state sharding, init_state, train_step, eval_step) jitted for `mesh`: what `setup`
+  trains with, and what bench/preflight.py compiles for a TPU slice or GPU node."""
+  data_sharding, replicated = sharding.batch_sharding(mesh), NamedSharding(mesh, P())
   create = functools.partial(state_lib.create_state, model=model, optimizer=optimizer,
-                             example_inputs=example)
+                             example_inputs=example_inputs)
   state_sharding = sharding.state_sharding(jax.eval_shape(create, jax.random.key(0)), mesh)
   init_state = jax.jit(create, out_shardings=state_sharding)
   train_step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer),
@@ -90,8 +97,7 @@ def setup(config, metadata: dict | None = None) -> Experiment:
   eval_step = jax.jit(functools.partial(steps.eval_step, model=model),
                       in_shardings=(state_sharding.params, data_sharding),
                       out_shardings=replicated)
-  return Experiment(config, dataset, model, optimizer, mesh, data_sharding, state_sharding,
-                    init_state, train_step, eval_step)
+  return state_sharding, init_state, train_step, eval_step
 
 
 def evaluate(exp: Experiment, params, split: str) -> dict:

@@ -15,15 +15,18 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 AXES = ("data", "fsdp")
 
 
-def make_mesh(fsdp: int) -> jax.sharding.Mesh:
-  """A ('data', 'fsdp') mesh over every device, F = `fsdp` devices along 'fsdp'."""
-  n = jax.device_count()
+def make_mesh(fsdp: int, devices=None) -> jax.sharding.Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: every device), F = `fsdp` along 'fsdp'.
+
+  `devices` may be compile-only ones of a TPU slice or GPU node (bench/preflight.py)."""
+  devices = jax.devices() if devices is None else list(devices)
+  n = len(devices)
   if not isinstance(fsdp, int) or fsdp < 1 or n % fsdp:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     raise ValueError(f"train.fsdp={fsdp!r} is invalid: choose a divisor of the {n} devices "
                      f"({', '.join(map(str, divisors))}; 1 = replicated parameters)")
   auto = jax.sharding.AxisType.Auto
-  return jax.make_mesh((n // fsdp, fsdp), AXES, axis_types=(auto, auto))
+  return jax.make_mesh((n // fsdp, fsdp), AXES, axis_types=(auto, auto), devices=devices)
 
 
 def batch_sharding(mesh) -> NamedSharding:
