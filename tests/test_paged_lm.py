@@ -2,8 +2,6 @@
 same tokens as the contiguous cache, its bytes, its config checks; the Pallas kernel compiled
 for a TPU topology (where libtpu is installed)."""
 
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -104,19 +102,15 @@ TPU_SHAPES = {"deepseek_v3": dict(heads=128, d_c=512, d_r=64),
 
 
 def _tpu_devices(generation):
-  """One compile-only device of a 2x2 slice, or a skip naming why there is none."""
-  if importlib.util.find_spec("libtpu") is None:
-    pytest.skip("libtpu is not installed: a TPU topology needs it (pip install libtpu)")
-  # pytest-xdist's workers each load libtpu; without this the second finds the first's lock.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from jax.experimental import topologies
+  """One compile-only device of a 2x2 slice (bench/preflight.py's libtpu, installed by `make
+  preflight-deps`), or a skip naming why there is none."""
+  from latent_attention.bench import preflight
+  if not preflight.extras_available():
+    pytest.skip(preflight.MISSING)
   try:
-    topology = topologies.get_topology_desc(
-        platform="tpu", topology_name=f"{generation}:2x2", chip_config_name="default",
-        chips_per_host_bounds=(2, 2, 1), num_slices=1)
-  except Exception as e:  # noqa: BLE001 (libtpu's error for a generation it does not know)
-    pytest.skip(f"libtpu made no {generation} topology: {str(e).splitlines()[0][:200]}")
-  return topology.devices[0]
+    return preflight.devices(f"{generation}:2x2")[0]
+  except ValueError as e:  # a generation this libtpu or the chip table does not know.
+    pytest.skip(f"no {generation} topology: {e}")
 
 
 @pytest.mark.parametrize("generation", ["v5e", "v6e"])
