@@ -96,6 +96,8 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
     config.data.update(vocab_size=384, seq_len=32)
     if "synthetic" not in args:
       config.data.tokenizer_train_chars = 100_000
+    else:  # a million 32-token examples would be generated into memory first (~45 s).
+      config.data.num_train_examples = 10_000
     config.train.update(batch_size=8, num_steps=20, warmup_steps=2, log_every=5, eval_every=10,
                         eval_batch_size=64, checkpoint_every=10)
     config.eval.sample_len = min(config.eval.sample_len, 8)

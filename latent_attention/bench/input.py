@@ -16,6 +16,7 @@ from unittest import mock
 import jax
 import numpy as np
 
+from latent_attention import timing
 from latent_attention.bench import step as step_bench
 from latent_attention.data import make_dataset, sources, text
 from latent_attention.training import loop, metrics as metrics_lib, peaks
@@ -51,15 +52,16 @@ def step_rate(config, dataset, first_batch, small_batch: int, repeats: int = 3) 
   batch = exp.to_global({k: v[:small_batch] for k, v in first_batch.items()})
   compiled = exp.train_step.lower(state, batch).compile()
   flops = peaks.xla_flops(compiled) / small_batch
-  times = []
-  for _ in range(repeats + 1):  # the first call warms up.
-    start = time.perf_counter()
-    state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - start)
+
+  def train_step():
+    nonlocal state
+    state, metrics = compiled(state, batch)
+    return state, metrics
+
+  times = timing.time_calls(train_step, repeats=repeats)
   dtype = config.model.get("dtype", "float32")
   out = {"flops_per_example": flops,
-         "this_device_examples_per_s": small_batch / statistics.median(times[1:])}
+         "this_device_examples_per_s": small_batch / statistics.median(times)}
   for chip, kind in CHIPS.items():
     out[f"{chip}_examples_per_s"] = MFU * peaks.known_peak_tflops(kind, dtype) * 1e12 / flops
   return out

@@ -32,9 +32,15 @@ _SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 _MATERIALIZE_TOKENS = 2 ** 25  # ~400 MB of int32 inputs and targets plus float32 weights.
 
 
-def _example(cfg, inputs, targets, weights, scored):
+def _scores_positions(cfg) -> bool:
+  # Read once per source, not per example: ConfigDict.get of an absent field builds a
+  # did-you-mean message with difflib, 90 us an example (93 of 137 s for 1M examples).
+  return bool(cfg.get("scored_positions", False))
+
+
+def _example(scored_positions, inputs, targets, weights, scored):
   ex = {"inputs": inputs, "targets": targets, "weights": weights}
-  if cfg.get("scored_positions", False):
+  if scored_positions:
     ex["positions"] = scored.astype(np.int32)
   return ex
 
@@ -44,6 +50,7 @@ class MqarSource(grain.RandomAccessDataSource):
   def __init__(self, cfg, split, size):
     self.cfg, self._size = cfg, size
     self._seed = (cfg.synthetic_seed, _SPLIT_SEEDS[split])
+    self._scored_positions = _scores_positions(cfg)
     t, n = cfg.seq_len, cfg.num_kv_pairs  # their relations: data/config.py.
     power_a = cfg.get("mqar_power_a", 0.01)
     # Zoology's gap law: slot k (1-based, after the context) has probability ~ a * k^(a - 1).
@@ -77,7 +84,7 @@ class MqarSource(grain.RandomAccessDataSource):
     targets[slots] = values
     weights = np.zeros(t, np.float32)
     weights[slots] = 1
-    return _example(cfg, inputs, targets, weights, np.sort(slots))
+    return _example(self._scored_positions, inputs, targets, weights, np.sort(slots))
 
 
 class CopySource(grain.RandomAccessDataSource):
@@ -85,6 +92,7 @@ class CopySource(grain.RandomAccessDataSource):
   def __init__(self, cfg, split, size):
     self.cfg, self._size = cfg, size
     self._seed = (cfg.synthetic_seed, _SPLIT_SEEDS[split])
+    self._scored_positions = _scores_positions(cfg)
 
   def __len__(self):
     return self._size
@@ -101,7 +109,8 @@ class CopySource(grain.RandomAccessDataSource):
     seq[:half], seq[half + 1:2 * half + 1] = body, body
     weights = np.zeros(t, np.float32)
     weights[half:2 * half] = 1
-    return _example(self.cfg, seq[:-1], seq[1:], weights, np.arange(half, 2 * half))
+    return _example(self._scored_positions, seq[:-1], seq[1:], weights,
+                    np.arange(half, 2 * half))
 
 
 class Synthetic:
