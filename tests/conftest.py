@@ -152,7 +152,8 @@ def trained_lm(tmp_path_factory):
 # `--dist worksteal` the two workers then end on short tests together, instead of one idling
 # while the other finishes a long test it drew last (measured: 181-194 s -> 169-171 s).
 _SLOW_FILES = ("test_sweep.py", "test_cli.py", "test_prepare_data.py",
-               "test_decode_benchmark.py", "test_training.py", "test_perceiver.py")
+               "test_decode_benchmark.py", "test_training.py", "test_perceiver.py",
+               "test_preflight.py", "test_failure_drills.py", "test_multiprocess.py")
 
 
 def pytest_collection_modifyitems(items):
