@@ -27,6 +27,8 @@ VARIANTS = {
     "gqa": dict(kind="gqa", num_kv_heads=2),
     "mqa": dict(kind="mqa"),
     "mla": dict(kind="mla"),
+    # DeepSeek Sparse Attention (V3.2): MLA reading the indexer's top T/4 positions per query.
+    "dsa": dict(kind="mla", index_topk=32, index_n_heads=4, index_head_dim=32),
     "gla": dict(kind="gla"),  # two latent heads of kv_lora_rank (arXiv 2505.21487).
     "gta": dict(kind="gta", num_kv_heads=2),  # two tied KV heads, RoPE key qk_rope_head_dim.
     "tpa": dict(kind="tpa"),  # ranks 6/2/2 (arXiv 2501.06425).
@@ -103,6 +105,9 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
   # A workdir whose newest parameters start this run (same model; step 0, fresh optimizer,
   # e.g. a fine-tune at another data.seq_len). "" = random init. A resumed run ignores it.
   config.train.init_from = ""
+  # Only DSA's indexer learns (model.attention.index_topk > 0), from its KL to the frozen main
+  # attention: DeepSeek-V3.2's dense warm-up (with attention.index_mode=dense_warmup).
+  config.train.freeze_main = False
 
   config.eval = ml_collections.ConfigDict()
   config.eval.prompt = "ROMEO:\n"  # sample prompt (must use training characters).
@@ -143,6 +148,8 @@ def get_config(arg: str = "mla") -> ml_collections.ConfigDict:
     config.model.update(num_layers=2 if "perceiver_ar" in args else 1, d_model=32, mlp_dim=64)
     config.model.attention.update(head_dim=8, kv_lora_rank=8, qk_nope_head_dim=8,
                                   qk_rope_head_dim=4, v_head_dim=8, lowrank_rank=4)
+    if config.model.attention.index_topk:  # DSA: still T/4 of the shorter context.
+      config.model.attention.update(index_topk=8, index_n_heads=2, index_head_dim=8)
     config.data.seq_len = 32
     config.train.update(batch_size=8, num_steps=20, warmup_steps=2, log_every=5,
                         eval_every=10, eval_batch_size=256, checkpoint_every=10)

@@ -38,13 +38,21 @@ def rope(x, pos_BT):
   return rotate_pairs(x, pos_BT, range(x.shape[-1] // 2), x.shape[-1])
 
 
-def attend(q_BTNH, k_BSNH, v_BSNH, scale):
-  """Causal softmax(q·k · scale) v per query head, keys and values given per query head."""
+def attention_probs(q_BTNH, k_BSNH, scale, mask_BTS=None):
+  """Causal softmax(q·k · scale) per query head [B, N, T, S], over `mask_BTS` too if given."""
   t, s = q_BTNH.shape[1], k_BSNH.shape[1]
   logits = np.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH) * scale
-  logits = np.where(np.tril(np.ones((t, s), bool), s - t), logits, -np.inf)
+  visible = np.tril(np.ones((t, s), bool), s - t)[None]
+  if mask_BTS is not None:
+    visible = visible & mask_BTS
+  logits = np.where(visible[:, None], logits, -np.inf)
   p = np.exp(logits - logits.max(-1, keepdims=True))
-  return np.einsum("bnts,bsnh->btnh", p / p.sum(-1, keepdims=True), v_BSNH)
+  return p / p.sum(-1, keepdims=True)
+
+
+def attend(q_BTNH, k_BSNH, v_BSNH, scale, mask_BTS=None):
+  """Causal softmax(q·k · scale) v per query head, keys and values given per query head."""
+  return np.einsum("bnts,bsnh->btnh", attention_probs(q_BTNH, k_BSNH, scale, mask_BTS), v_BSNH)
 
 
 def per_query_head(x_BSKH, n):
@@ -133,17 +141,72 @@ def mla_query(p, h, pos, nope):
   return q[..., :nope], rope(q[..., nope:], pos)
 
 
-def mla_attention(p, h, pos, kv, cfg):
+def mla_attention(p, h, pos, kv, cfg, mask_BTS=None):
   """k_C,n = W_UK,n c_KV, v_n = W_UV,n c_KV (head n reads latent head n // (N / G)),
-  s_n = (q_C,n · k_C,n + q_R,n · k_R) / sqrt(d_nope + d_R), out = W_O [o_1; ..; o_N]."""
+  s_n = (q_C,n · k_C,n + q_R,n · k_R) / sqrt(d_nope + d_R), out = W_O [o_1; ..; o_N];
+  `mask_BTS` (DSA's selection) restricts the keys beyond causality."""
   n, nope = p["v_up"].shape[1], cfg["nope"]
   q_c, q_r = mla_query(p, h, pos, nope)
   mine = per_query_head(kv["ckv"], n)  # [B, S, N, d_c]: each query head's latent head.
   k_c = np.einsum("bsnc,cnh->bsnh", mine, p["k_up"])
   v = np.einsum("bsnc,cnh->bsnh", mine, p["v_up"])
   k = np.concatenate([k_c, np.repeat(kv["k_rope"], n, axis=2)], -1)
-  o = attend(np.concatenate([q_c, q_r], -1), k, v, (nope + q_r.shape[-1]) ** -0.5)
+  o = attend(np.concatenate([q_c, q_r], -1), k, v, (nope + q_r.shape[-1]) ** -0.5, mask_BTS)
   return np.einsum("btnh,nhd->btd", o, p["out"]["kernel"])
+
+
+def mla_keys(p, kv, nope):
+  """MLA's per-head keys [B, S, N, d_nope + d_R] (as `mla_attention` forms them)."""
+  n = p["v_up"].shape[1]
+  k_c = np.einsum("bsnc,cnh->bsnh", per_query_head(kv["ckv"], n), p["k_up"])
+  return np.concatenate([k_c, np.repeat(kv["k_rope"], n, axis=2)], -1)
+
+
+def layer_norm(x, scale, bias):
+  """(x - mean) / sqrt(var + ε) · scale + bias over the last axis (Ba et al. 2016)."""
+  x = x - x.mean(-1, keepdims=True)
+  return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + EPS) * scale + bias
+
+
+def indexer_scores(p, h, c_q, pos, rope_dim):
+  """DSA's lightning indexer (DeepSeek-V3.2, section 2.1, eq. 1; `Indexer` of its
+  inference/model.py without the Hadamard rotation and fp8): q_h = W_q c_Q, k = LayerNorm(W_k h),
+  RoPE on the first d_R dims of each, w = W_w h / sqrt(H_I), and
+  score(t, s) = Σ_h w_h(t) · ReLU(q_h(t) · k(s)) / sqrt(d_I); [B, T, S] over every s."""
+  r = rope_dim
+  q = np.einsum("btc,cih->btih", c_q, p["q"]["kernel"])
+  q = np.concatenate([rope(q[..., :r], pos), q[..., r:]], -1)
+  k = layer_norm(np.einsum("btd,dh->bth", h, p["k"]["kernel"]), p["k_norm"]["scale"],
+                 p["k_norm"]["bias"])
+  k = np.concatenate([rope(k[:, :, None, :r], pos)[:, :, 0], k[..., r:]], -1)
+  w = np.einsum("btd,di->bti", h, p["weights"]["kernel"]) / np.sqrt(q.shape[2])
+  dots = np.einsum("btih,bsh->btis", q, k)
+  return np.einsum("btis,bti->bts", np.maximum(dots, 0.0), w) / np.sqrt(q.shape[-1])
+
+
+def top_k_causal(scores_BTS, k):
+  """Query t keeps the min(k, t + 1) positions s <= t of highest score, the lower position
+  first among equal scores (the rule under which prefill and decode agree); [B, T, S] bool."""
+  b, t, s = scores_BTS.shape
+  keep = np.zeros((b, t, s), bool)
+  for i in range(b):
+    for q in range(t):
+      order = sorted(range(q + 1), key=lambda j: (-scores_BTS[i, q, j], j))
+      keep[i, q, order[:k]] = True
+  return keep
+
+
+def indexer_kl(p_main_BNTS, scores_BTS, mask_BTS):
+  """KL(p ‖ softmax(scores)) over `mask_BTS`, averaged over queries, with p the main attention
+  summed over heads and L1-normalised (DeepSeek-V3.2, eq. 3 and 4)."""
+  target = p_main_BNTS.sum(1)
+  target = target / target.sum(-1, keepdims=True)
+  logits = np.where(mask_BTS, scores_BTS, -np.inf)
+  log_q = logits - logits.max(-1, keepdims=True)
+  log_q = log_q - np.log(np.exp(log_q).sum(-1, keepdims=True))
+  terms = np.where(target > 0, target * (np.log(np.where(target > 0, target, 1.0)) -
+                                         np.where(mask_BTS, log_q, 0.0)), 0.0)
+  return terms.sum(-1).mean()
 
 
 KINDS = {"mha": (gqa_kv, gqa_attention), "gqa": (gqa_kv, gqa_attention),

@@ -60,7 +60,9 @@ FREE = {
 # Bad values of the field's own type, by type; a field named here gets these instead.
 BAD_BY_TYPE = {int: [-1, 0], float: [-1.0, 0.0, math.nan, math.inf], str: ["nope", ""],
                bool: [], type(None): []}
-BAD_BY_NAME = {"model.attention.mla_rope_pairs": ["0;x"], "train.b1": [1.0], "train.b2": [1.0]}
+BAD_BY_NAME = {"model.attention.mla_rope_pairs": ["0;x"], "train.b1": [1.0], "train.b2": [1.0],
+               # The DSA warm-up's switch: refused where the model has no indexer.
+               "train.freeze_main": [True]}
 # A value of another type, by the field's type.
 WRONG_TYPE = {int: "1", float: "1.0", str: 1, bool: 1, type(None): 1}
 

@@ -16,6 +16,7 @@ MLA_DECODE_MODES = ("naive", "latent", "absorbed")
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum")
 LOWRANK_COMBINES = ("concat", "sum")
 HEAD_GATED_POOLS = ("first", "mean")
+INDEX_MODES = ("sparse", "dense_warmup")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,14 @@ class AttentionConfig:
   mla_kv_norm: bool = True  # RMSNorm on c_KV (DeepSeek); converted models have none.
   v_head_dim: int = 32  # d_v, per-head value dim.
   mla_decode_mode: str = "absorbed"  # naive|latent|absorbed: what the decode cache holds.
+  # DSA (DeepSeek-V3.2's sparse attention, attention/indexer.py), kind mla: a lightning indexer
+  # picks the positions each query attends to.
+  index_topk: int = 0  # positions each query keeps; 0 = dense MLA (no indexer).
+  index_n_heads: int = 4  # H_I, indexer query heads (DeepSeek-V3.2: 64).
+  index_head_dim: int = 32  # d_I, the indexer key cached per token (V3.2: 128); >= d_R.
+  # sparse: attend to the top index_topk (the paper's sparse training, and inference);
+  # dense_warmup: dense attention while the indexer learns its distribution (its warm-up).
+  index_mode: str = "sparse"
   # GLA (grouped latent attention, arXiv 2505.21487): MLA with G latent heads of d_c each.
   gla_latent_heads: int = 2  # G = h_c; must divide num_heads (G = 1 is MLA).
   # TPA (tensor product attention, arXiv 2501.06425): ranks of the Q, K, V factorisations.
@@ -102,13 +111,14 @@ def validate(cfg: AttentionConfig) -> None:
       cfg, "model.attention",
       positive=("num_heads", "num_kv_heads", "head_dim", "kv_lora_rank", "qk_rope_head_dim",
                 "mla_rope_heads", "v_head_dim", "gla_latent_heads", "tpa_q_rank", "tpa_k_rank",
-                "tpa_v_rank", "lowrank_rank"),
-      non_negative=("rope_original_len", "q_lora_rank", "qk_nope_head_dim", "head_gated_top_k"),
+                "tpa_v_rank", "lowrank_rank", "index_n_heads", "index_head_dim"),
+      non_negative=("rope_original_len", "q_lora_rank", "qk_nope_head_dim", "head_gated_top_k",
+                    "index_topk"),
       positive_numbers=("rope_theta", "rope_factor", "rope_beta_fast", "rope_beta_slow"),
       non_negative_numbers=("rope_mscale",),
       choices={"kind": KINDS, "implementation": IMPLEMENTATIONS, "rope_scaling": ROPE_SCALINGS,
                "mla_decode_mode": MLA_DECODE_MODES, "lowrank_combine": LOWRANK_COMBINES,
-               "head_gated_pool": HEAD_GATED_POOLS})
+               "head_gated_pool": HEAD_GATED_POOLS, "index_mode": INDEX_MODES})
   if cfg.kind in ("gqa", "gta") and cfg.num_heads % cfg.num_kv_heads:
     _fail("num_kv_heads", cfg.num_kv_heads,
           f"must divide num_heads={cfg.num_heads}")
@@ -145,8 +155,23 @@ def validate(cfg: AttentionConfig) -> None:
       _fail("qk_rope_head_dim", cfg.qk_rope_head_dim, "RoPE needs an even dim")
     if cfg.mla_rope_pairs:
       rope_pairs(cfg)
+  if cfg.index_topk:
+    _check_indexer(cfg)
   if cfg.kind == "head_gated" and cfg.head_gated_top_k > cfg.num_heads:
     _fail("head_gated_top_k", cfg.head_gated_top_k, f"must be in [0, num_heads={cfg.num_heads}]")
+
+
+def _check_indexer(cfg: AttentionConfig) -> None:
+  """DSA's indexer sits beside MLA's one latent and its one RoPE key (DeepSeek-V3.2)."""
+  if cfg.kind != "mla":
+    _fail("index_topk", cfg.index_topk, f"DSA's indexer is built for kind 'mla' (this config "
+          f"has {cfg.kind!r}): set kind=mla or index_topk=0")
+  if cfg.mla_rope_heads != 1:
+    _fail("mla_rope_heads", cfg.mla_rope_heads, "DSA (index_topk > 0) gathers the one shared "
+          "RoPE key of DeepSeek's MLA: set 1")
+  if cfg.index_head_dim % 2 or cfg.index_head_dim < cfg.qk_rope_head_dim:
+    _fail("index_head_dim", cfg.index_head_dim, f"must be even and >= qk_rope_head_dim="
+          f"{cfg.qk_rope_head_dim} (RoPE turns its first d_R dims)")
 
 
 def _parse_pairs(cfg: AttentionConfig) -> list[list[list[int]]]:
@@ -175,6 +200,13 @@ def rope_pairs(cfg: AttentionConfig) -> list[list[list[int]]]:
             f"(mla_rope_heads) of {cfg.qk_rope_head_dim // 2} distinct ','-separated integers "
             f"in [0, head_dim/2={cfg.head_dim // 2})")
   return layers
+
+
+def check_no_indexer(cfg: AttentionConfig, model: str, section: str = "attention") -> None:
+  """DSA's indexer is built into the decoder-only LM's causal self-attention only."""
+  if cfg.index_topk:
+    _fail("index_topk", cfg.index_topk, f"DSA is built for model.name='lm' (this model is "
+          f"{model!r}): set 0", section)
 
 
 def check_width(cfg: AttentionConfig, d_model: int, section: str = "attention") -> None:

@@ -88,15 +88,28 @@ def _einsum_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, scale):
       logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, jnp.finfo(jnp.float32).min)
     probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BSKH.dtype)
     return jnp.einsum("BNTS,BSNH->BTNH", probs_BNTS, v_BSKH)
+  probs_BKGTS = _grouped_probs(q_BTNH, k_BSKH, mask_BTS, scale).astype(v_BSKH.dtype)
+  out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
+  return out_BTKGH.reshape(b, t, n, v_BSKH.shape[-1])
+
+
+def _grouped_probs(q_BTNH, k_BSKH, mask_BTS, scale):
+  """Softmax over keys of the masked logits, float32 [B, K, G, T, S] (query head k·G + g)."""
+  b, t, n, h = q_BTNH.shape
+  num_kv = k_BSKH.shape[2]
   q_BTKGH = q_BTNH.reshape(b, t, num_kv, n // num_kv, h)
   logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
                             preferred_element_type=jnp.float32) * scale
   if mask_BTS is not None:
     logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS,
                              jnp.finfo(jnp.float32).min)
-  probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
-  out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
-  return out_BTKGH.reshape(b, t, n, v_BSKH.shape[-1])
+  return jax.nn.softmax(logits_BKGTS, axis=-1)
+
+
+def head_mean_probs(q_BTNH, k_BSKH, *, mask_BTS, scale):
+  """The attention distribution averaged over query heads, float32 [B, T, S]: the target DSA's
+  indexer learns (DeepSeek-V3.2, eq. 3: summed over heads, then L1-normalised)."""
+  return _grouped_probs(q_BTNH, k_BSKH, mask_BTS, scale).mean(axis=(1, 2))
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, *, mask_BTS=None, is_causal=False,

@@ -21,6 +21,11 @@ G = 1 is MLA. Decode modes (`mla_decode_mode`), equal in exact arithmetic:
             `absorb_is_cheaper`) expands instead.
 
 Decoding reads the cache through `core.cached_attention` (naive mode: heads-major [B, N, S, H]).
+
+`index_topk` > 0 is DeepSeek Sparse Attention (DeepSeek-V3.2): a lightning indexer
+(attention/indexer.py) picks the positions each query attends to. Its key joins the cache
+(d_c + d_R + d_I per token), and a one-token decode step gathers the selected positions' c_KV
+and k_R, so it reads the indexer keys and index_topk · (d_c + d_R), not the whole latent cache.
 """
 
 import functools
@@ -31,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from latent_attention.attention import cache, projection
+from latent_attention.attention import cache, indexer, projection
 from latent_attention.attention.config import AttentionConfig, rope_pairs
-from latent_attention.attention.core import (cached_attention, causal_mask,
-                                             dot_product_attention, plan_masks)
+from latent_attention.attention.core import (and_masks, cached_attention, causal_mask,
+                                             dot_product_attention, head_mean_probs, plan_masks)
 from latent_attention.attention.rope import apply_rope, inv_frequencies, softmax_scale
 from latent_attention.kernels import paged_cache
 from latent_attention.kernels.latent_decode import paged_latent_attention
@@ -51,9 +56,12 @@ class MultiHeadLatentAttention(nn.Module):
 
   @staticmethod
   def cache_elements_per_token(cfg: AttentionConfig) -> int:
+    index_key = cfg.index_head_dim if cfg.index_topk else 0  # DSA's indexer key.
     if cfg.mla_decode_mode == "naive":
-      return cfg.num_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
-    return cfg.latent_heads * cfg.kv_lora_rank + cfg.mla_rope_heads * cfg.qk_rope_head_dim
+      return cfg.num_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim
+                              ) + index_key
+    return (cfg.latent_heads * cfg.kv_lora_rank + cfg.mla_rope_heads * cfg.qk_rope_head_dim
+            + index_key)
 
   @nn.compact
   def __call__(self, x_BTD, *, kv_BSD=None, pos_BT=None, kv_pos_BS=None, mask_BTS=None,
@@ -75,7 +83,15 @@ class MultiHeadLatentAttention(nn.Module):
           dense(x_BTD, cfg.q_lora_rank, name="q_down"))
       q_BTNH = dense(cq_BTC, (n, nope + r), name="q_up")
     else:
+      cq_BTC = x_BTD  # no query latent: DSA's indexer reads the input.
       q_BTNH = dense(x_BTD, (n, nope + r), name="query")
+    index_qwk = None
+    if cfg.index_topk:
+      if not self_attn or shared_kv is not None or pos_BT is None:
+        raise ValueError("DSA (model.attention.index_topk > 0) is causal self-attention with "
+                         "positions and its own cache: no kv_BSD, shared_kv or pos_BT=None")
+      index_qwk = indexer.LightningIndexer(cfg, self.dtype, name="indexer")(
+          x_BTD, cq_BTC, pos_BT)
     q_nope_BTNH, q_rope_BTNR = q_BTNH[..., :nope], q_BTNH[..., nope:]
     inv_freq = rope_frequencies(cfg) if pos_BT is not None else None
     if inv_freq is not None:
@@ -102,19 +118,28 @@ class MultiHeadLatentAttention(nn.Module):
       if decode and pages:
         cached = self._paged(pos_BT, ckv_BSGC, k_rope_BSKR[:, :, 0], pages)
       else:
-        cached = decode and self._cache(pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH)
+        cached = decode and self._cache(pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH,
+                                        index_qwk)
       shared_kv = {"cache": cached} if cached else {"ckv": ckv_BSGC, "k_rope": k_rope_BSKR}
     if "cache" not in shared_kv:
       ckv_BSGC = shared_kv["ckv"]
       k_rope_BSNR = _per_query_head(shared_kv["k_rope"], n, axis=2)
+      k_BSNH = jnp.concatenate([_expand(ckv_BSGC, w_uk_CNH), k_rope_BSNR], axis=-1)
+      if index_qwk is not None:  # DSA: the indexer's choice masks the keys.
+        q_i, w_i, k_i = index_qwk
+        mask_BTS = self._sparse_mask(indexer.scores(q_i, w_i, k_i), and_masks(
+            mask_BTS, causal_mask(pos_BT, pos_BT) if is_causal else None), q_BTNH, k_BSNH,
+            scale)
+        is_causal = False
       out_BTNH = dot_product_attention(
-          q_BTNH, jnp.concatenate([_expand(ckv_BSGC, w_uk_CNH), k_rope_BSNR], axis=-1),
-          _expand(ckv_BSGC, w_uv_CNH), mask_BTS=mask_BTS, is_causal=is_causal, scale=scale,
-          implementation=cfg.implementation)
+          q_BTNH, k_BSNH, _expand(ckv_BSGC, w_uv_CNH), mask_BTS=mask_BTS, is_causal=is_causal,
+          scale=scale, implementation=cfg.implementation)
       y_BTD = dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
       return (y_BTD, shared_kv) if return_kv else y_BTD
     buffers, mask_BTS = shared_kv["cache"]
     t = x_BTD.shape[1]
+    if index_qwk is not None and cfg.index_mode == "sparse":
+      buffers, mask_BTS = _sparse_cache(cfg, buffers, mask_BTS, index_qwk, t)
     if "ckv_PGSC" in buffers:  # a decode step over the pages, by the Pallas kernel.
       q_abs_BNC = jnp.einsum("BNH,CNH->BNC", q_nope_BTNH[:, 0], w_uk_CNH)
       o_BNC = paged_latent_attention(
@@ -143,15 +168,35 @@ class MultiHeadLatentAttention(nn.Module):
     y_BTD = dense(out_BTNH, self.d_model, axis=(-2, -1), name="out")
     return (y_BTD, shared_kv) if return_kv else y_BTD
 
-  def _cache(self, pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH):
+  def _cache(self, pos_BT, ckv_BSGC, k_rope_BSKR, w_uk_CNH, w_uv_CNH, index_qwk):
     """Writes this chunk into the cache (see `cache.update_heads`: a single latent or RoPE key
-    is [B, S, X], several heads-major [B, G|K_R, S, X]); naive mode caches expanded heads."""
+    is [B, S, X], several heads-major [B, G|K_R, S, X]); naive mode caches expanded heads.
+    DSA adds the indexer keys, [B, S, d_I]."""
+    index_key = {} if index_qwk is None else {"cached_index_key": index_qwk[2][:, :, None]}
     if self.cfg.mla_decode_mode != "naive":
-      return cache.update_heads(self, pos_BT, cached_ckv=ckv_BSGC, cached_k_rope=k_rope_BSKR)
+      return cache.update_heads(self, pos_BT, cached_ckv=ckv_BSGC, cached_k_rope=k_rope_BSKR,
+                                **index_key)
     k_rope_BSNR = _per_query_head(k_rope_BSKR, self.cfg.num_heads, axis=2)
     key_BSNH = jnp.concatenate([_expand(ckv_BSGC, w_uk_CNH), k_rope_BSNR], axis=-1)
-    return cache.update(self, pos_BT, seq_axis=2, cached_key=key_BSNH.transpose(0, 2, 1, 3),
-                        cached_value=_expand(ckv_BSGC, w_uv_CNH).transpose(0, 2, 1, 3))
+    return cache.update_heads(self, pos_BT, cached_key=key_BSNH,
+                              cached_value=_expand(ckv_BSGC, w_uv_CNH), **index_key)
+
+  def _sparse_mask(self, scores_BTS, visible_BTS, q_BTNH, k_BSNH, scale):
+    """DSA's attention mask in a full forward pass: the top index_topk visible positions
+    (index_mode 'sparse') or all of them ('dense_warmup'). With the `losses` collection mutable
+    (training), sows the indexer's KL to the main attention over that mask (paper, eq. 3-4)."""
+    cfg = self.cfg
+    if visible_BTS is None:
+      visible_BTS = jnp.ones(scores_BTS.shape, bool)
+    mask_BTS = visible_BTS
+    if cfg.index_mode == "sparse":
+      mask_BTS = visible_BTS & indexer.selected_mask(
+          *indexer.select(scores_BTS, visible_BTS, cfg.index_topk), scores_BTS.shape[-1])
+    if self.is_mutable_collection("losses"):
+      target_BTS = head_mean_probs(jax.lax.stop_gradient(q_BTNH), jax.lax.stop_gradient(k_BSNH),
+                                   mask_BTS=mask_BTS, scale=scale)
+      self.sow("losses", "indexer_kl", indexer.kl_loss(target_BTS, scores_BTS, mask_BTS))
+    return mask_BTS
 
   def _paged(self, pos_BT, ckv_BSGC, k_rope_BSR, pages):
     """Writes this chunk into this layer's pages. Returns the pools for the kernel (a one-token
@@ -178,6 +223,21 @@ class MultiHeadLatentAttention(nn.Module):
     buffers = {"cached_ckv": ckv_BGSC[:, 0] if cfg.latent_heads == 1 else ckv_BGSC,
                "cached_k_rope": k_rope_BSR}
     return buffers, causal_mask(pos_BT, jnp.arange(s)[None, :])
+
+
+def _sparse_cache(cfg, buffers, mask_BTS, index_qwk, t):
+  """DSA's view of the decode cache for a chunk of t queries: the indexer's top index_topk
+  visible slots. One query (a decode step, latent or absorbed) gathers their c_KV and k_R, so
+  it reads only those (mask [B, 1, K]); a longer chunk or the naive cache masks the rest."""
+  q_i, w_i, _ = index_qwk
+  scores_BTS = indexer.scores(q_i, w_i, buffers["cached_index_key"])
+  idx_BTK, valid_BTK = indexer.select(scores_BTS, mask_BTS, cfg.index_topk)
+  if t > 1 or cfg.mla_decode_mode == "naive":
+    return buffers, mask_BTS & indexer.selected_mask(idx_BTK, valid_BTK, mask_BTS.shape[-1])
+  idx_BK1 = idx_BTK[:, 0, :, None]
+  return {"cached_ckv": jnp.take_along_axis(buffers["cached_ckv"], idx_BK1, axis=1),
+          "cached_k_rope": jnp.take_along_axis(buffers["cached_k_rope"], idx_BK1, axis=1)
+          }, valid_BTK
 
 
 def _expand(ckv_BSGC, w_CNH):

@@ -54,6 +54,10 @@ class LMConfig:
       raise ValueError(f"model.kv_share_every={self.kv_share_every} is invalid with "
                        f"attention.kind={self.attention.kind!r}: layers share keys and values "
                        f"for {', '.join(CLA_KINDS)}")
+    if self.kv_share_every > 1 and self.attention.index_topk:
+      raise ValueError(f"model.kv_share_every={self.kv_share_every} is invalid with "
+                       f"attention.index_topk={self.attention.index_topk}: each DSA layer "
+                       "caches its own indexer keys (set 1)")
     if self.kv_share_every > 1 and self.attention.kind in ("mla", "gla") and (
         self.attention.mla_decode_mode == "naive"):
       raise ValueError(f"model.kv_share_every={self.kv_share_every} is invalid with "
@@ -79,7 +83,9 @@ def check_paged(cfg: LMConfig) -> None:
     why = [(a.kind not in ("mla", "gla"), f"attention.kind={a.kind!r} (mla or gla)"),
            (a.mla_decode_mode == "naive", "attention.mla_decode_mode='naive' (latent, absorbed)"),
            (a.mla_rope_heads != 1, f"attention.mla_rope_heads={a.mla_rope_heads} (1)"),
-           (cfg.kv_share_every != 1, f"kv_share_every={cfg.kv_share_every} (1)")]
+           (cfg.kv_share_every != 1, f"kv_share_every={cfg.kv_share_every} (1)"),
+           (a.index_topk > 0, f"attention.index_topk={a.index_topk} (0: DSA's indexer keys "
+                              "are not paged yet)")]
     for bad, what in why:
       if bad:
         raise ValueError(f"model.decode_cache='paged' is invalid with model.{what}: pages hold "

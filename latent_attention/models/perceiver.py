@@ -27,7 +27,7 @@ from flax import linen as nn
 
 from latent_attention.attention import AttentionConfig, projection
 from latent_attention.attention.induced import NORMS, AttentionBlock, InducedSetAttention
-from latent_attention.attention.config import check_width
+from latent_attention.attention.config import check_no_indexer, check_width
 from latent_attention.config import check_fields
 from latent_attention.models import image_prep
 from latent_attention.models.lm import DTYPES
@@ -81,6 +81,8 @@ class PerceiverConfig:
                           "dtype": tuple(DTYPES), "preprocess": image_prep.PREPROCESSORS})
     check_width(self.cross_attention, self.d_model, "cross_attention")
     check_width(self.attention, self.d_model)
+    check_no_indexer(self.cross_attention, self.name, "cross_attention")
+    check_no_indexer(self.attention, self.name)
     if self.preprocess == "conv":
       image_prep.conv_layers(self.downsample)
     if self.preprocess in ("conv", "conv1x1") and not self.prep_channels:

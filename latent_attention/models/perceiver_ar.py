@@ -24,7 +24,7 @@ from flax import linen as nn
 
 from latent_attention.attention import (AttentionConfig, cache_elements_per_token,
                                         make_attention, projection)
-from latent_attention.attention.config import check_width
+from latent_attention.attention.config import check_no_indexer, check_width
 from latent_attention.config import check_fields
 from latent_attention.models.lm import DTYPES, Block, Mlp
 
@@ -48,6 +48,7 @@ class PerceiverARConfig:
                  positive=("vocab_size", "d_model", "num_latents", "num_layers"),
                  non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES)})
     check_width(self.attention, self.d_model)
+    check_no_indexer(self.attention, self.name)
 
 
 class PerceiverAR(nn.Module):

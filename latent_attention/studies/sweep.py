@@ -9,6 +9,9 @@ A sweep file (configs/sweeps/*.py) has `get_config(arg)` returning a ConfigDict 
                       argument also gets ',runlocal': every run shrinks to seconds on a CPU.
   runs                [{name, overrides, base (optional: another config spec for this run,
                       e.g. another model)}]; a run's own overrides come last, so they win.
+                      `train.init_from: "run:<name>"` starts a run from the parameters of an
+                      earlier run of the list, trained with the same seed (e.g. a dense run
+                      converted to DSA in stages).
   grid                {dotted config key: values}: one more run per point of the product, named
                       after the keys' last parts and the values (e.g. kv_lora_rank16).
   benchmark           steps and warmup of the train-step timing (`step_bench.benchmark`;
@@ -56,6 +59,7 @@ from latent_attention.training.config import validate_config
 # --runlocal is a smoke test: its timings mean nothing, so time few steps.
 RUNLOCAL_BENCHMARK = {"steps": 3, "warmup": 1}
 RESULT, ERROR = "result.json", "error.txt"
+RUN_PREFIX = "run:"  # train.init_from naming an earlier run of the sweep.
 
 
 class Outcome(NamedTuple):
@@ -167,8 +171,7 @@ def run_sweep(sweep_spec: str, workdir: str, runlocal: bool = False,
     for i, (name, seed) in enumerate(jobs, 1):
       tag = name if seed is None else f"{name} seed {seed}"
       logging.info("[%d/%d] %s", i, len(jobs), tag)
-      interrupted = _run(name, runs[name], sweep, runlocal, run_dir_of(workdir, name, seed),
-                         timing, seed)
+      interrupted = _run(name, runs[name], sweep, runlocal, workdir, timing, seed)
       interrupted = interrupted or stop.signal
       if interrupted:
         logging.warning("%s received: sweep stopped at run %d/%d (%s); rerun the same command "
@@ -201,19 +204,29 @@ def plan(sweep, runlocal: bool = False, only: list[str] | None = None,
     raise ValueError(f"--only names unknown runs {', '.join(unknown)}; the sweep has "
                      f"{', '.join(runs)}")
   jobs = [(name, seed) for name in runs if not only or name in only for seed in seeds]
+  names = list(runs)
+  for i, (name, run) in enumerate(runs.items()):
+    source = str(run["overrides"].get("train.init_from", ""))
+    if source.startswith(RUN_PREFIX) and source[len(RUN_PREFIX):] not in names[:i]:
+      raise ValueError(f"sweep run {name!r}: train.init_from={source!r} is invalid: name an "
+                       f"earlier run of the sweep ({', '.join(names[:i]) or 'none'})")
   check_configs(sweep, runs, jobs, runlocal)
   return runs, seeds, jobs
 
 
-def _run(name, run, sweep, runlocal, run_dir, timing, seed=None) -> str | None:
-  """Trains, evaluates and times one run (with `seed`, when given) into `run_dir`; returns the
-  signal if one stopped it."""
+def _run(name, run, sweep, runlocal, workdir, timing, seed=None) -> str | None:
+  """Trains, evaluates and times one run (with `seed`, when given) into its directory under
+  `workdir`; returns the signal if one stopped it."""
+  run_dir = run_dir_of(workdir, name, seed)
   os.makedirs(run_dir, exist_ok=True)
   config = config_json = None
   try:
     config = make_config(sweep, run, runlocal)
     if seed is not None:
       config.seed = seed
+    source = config.train.get("init_from", "")
+    if source.startswith(RUN_PREFIX):  # `plan` checked that the run comes earlier.
+      config.train.init_from = run_dir_of(workdir, source[len(RUN_PREFIX):], seed)
     config_json = _as_json(config.to_dict())
     previous = _read(os.path.join(run_dir, RESULT))
     if (previous and previous["status"] == "ok"
@@ -310,6 +323,9 @@ def _describe(name, config) -> dict:
       q = f", d_c'={att.q_lora_rank}" if att.q_lora_rank else ""
       g = f"G={att.gla_latent_heads}, " if att.kind == "gla" else ""
       sizes.append(f"{g}d_c/d_R={att.kv_lora_rank}/{att.qk_rope_head_dim}{q}")
+      if att.get("index_topk"):  # DSA.
+        sizes.append(f"top_k={att.index_topk} ({att.index_mode}), H_I/d_I="
+                     f"{att.index_n_heads}/{att.index_head_dim}")
     elif att.kind == "tpa":
       sizes.append(f"N/H={n}/{h}, R_Q/R_K/R_V={att.tpa_q_rank}/{att.tpa_k_rank}/"
                    f"{att.tpa_v_rank}")

@@ -109,6 +109,16 @@ def restore(mngr, step: int, abstract_state, data_iter=None):
   return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+def restore_params(mngr, step: int, abstract_params):
+  """Only the parameters at `step`, as `abstract_params` (shapes and shardings), which may name
+  a subset of the saved ones; the optimizer state, whatever its structure, is not read."""
+  item = {"params": abstract_params}
+  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True)))
+  return out["state"]["params"]
+
+
 def check_process_count(mngr, step: int) -> None:
   """Raises unless the checkpoint's data positions were saved by this run's process count
   (Grain saves one per process; another count would otherwise fail deep in Grain, or be taken

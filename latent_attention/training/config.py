@@ -33,6 +33,9 @@ class TrainConfig:
   checkpoint_every: int = 500  # steps between checkpoints (0 = only at the end).
   keep_checkpoints: int = 3  # newest checkpoints kept.
   init_from: str = ""  # a workdir whose newest parameters start a fresh run ("" = random init).
+  # Only DSA's indexer learns (model.attention.index_topk > 0), from its KL to the frozen main
+  # attention: DeepSeek-V3.2's dense warm-up (with attention.index_mode=dense_warmup).
+  freeze_main: bool = False
 
   def __post_init__(self):
     check_fields(self, "train",
@@ -86,6 +89,10 @@ def validate_config(config: Mapping) -> None:
   sample = config_lib.from_config(EvalConfig, config["eval"], "eval") if "eval" in config else None
   if model and data:
     _check_model_data(model, data)
+  if "train" in config and config["train"].get("freeze_main") and model and not getattr(
+      getattr(model, "attention", None), "index_topk", 0):
+    fail("train.freeze_main", True, "it trains DSA's indexer alone: set "
+         "model.attention.index_topk > 0 (kind mla), or False")
   if sample and sample.sample_len:
     if data and data.name not in TEXT:
       fail("eval.sample_len", sample.sample_len,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
@@ -219,7 +220,8 @@ def _resume(config, workdir: str, mngr):
 
 def _params_from(source: str, exp, state):
   """The newest checkpoint's parameters of another run (train.init_from), for a fresh run of
-  the same model: step 0, a fresh optimizer, its own schedule and data order."""
+  the same model: step 0, a fresh optimizer, its own schedule and data order. A dense MLA run
+  starts a DSA model (attention.index_topk > 0): its indexer keeps its fresh initialisation."""
   if not os.path.isdir(os.path.join(source, "checkpoints")):
     raise ValueError(f"train.init_from={source} is invalid: no run directory with checkpoints "
                      "there")
@@ -229,17 +231,24 @@ def _params_from(source: str, exp, state):
     shapes = lambda tree: {jax.tree_util.keystr(path): tuple(x.shape)  # noqa: E731
                            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
     have, want = shapes(checkpoint.param_metadata(source, step)), shapes(state.params)
-    diff = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+    diff = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k)
+                  and not (k not in have and "'indexer'" in k))  # a new DSA indexer.
     if diff:
       raise ValueError(f"train.init_from={source}: its parameters (step {step}) are not this "
                        f"model's; first difference: {diff[0]} (saved {have.get(diff[0])}, this "
                        f"model {want.get(diff[0])})")
-    restored = checkpoint.restore(src, step, checkpoint.abstract(state, exp.state_sharding))
+    fresh = sorted(want.keys() - have.keys())
+    abstract = checkpoint.abstract(state.params, exp.state_sharding.params)
+    flat = traverse_util.flatten_dict(abstract)
+    kept = traverse_util.unflatten_dict({k: v for k, v in flat.items() if "indexer" not in k})
+    restored = traverse_util.flatten_dict(checkpoint.restore_params(
+        src, step, kept if fresh else abstract))
   finally:
     src.close()
-  logging.info("Initialised from %s (step %d): parameters only, training starts at step 0",
-               source, step)
-  return restored.params
+  logging.info("Initialised from %s (step %d): parameters only, training starts at step 0%s",
+               source, step, f"; {len(fresh)} indexer parameters start fresh" if fresh else "")
+  ours = traverse_util.flatten_dict(state.params)
+  return traverse_util.unflatten_dict({k: restored.get(k, ours[k]) for k in ours})
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -349,6 +358,8 @@ def _log_train(writer, step, window, progress, exp):
   rates = progress.update(step)
   out = {"loss": loss, "accuracy": acc, "grad_norm": float(m[-1]["grad_norm"]),
          "learning_rate": lr, **rates}
+  if "indexer_kl" in m[0]:  # DSA: the indexer's KL to the main attention (attention/indexer.py).
+    out["indexer_kl"] = float(np.mean([x["indexer_kl"] for x in m]))
   writer.write(step, "train", out)
   logging.info("%s", progress.line(step, loss))
   return out

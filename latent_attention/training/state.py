@@ -3,6 +3,7 @@
 from typing import Any
 
 import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -31,10 +32,19 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
   def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
-  return optax.chain(
+  adamw = optax.chain(
       optax.clip_by_global_norm(train_cfg.grad_clip_norm),
       optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
                   weight_decay=train_cfg.weight_decay, mask=decay_mask))
+  if not train_cfg.get("freeze_main"):
+    return adamw
+
+  # DSA's warm-up: the indexer's parameters alone change (DeepSeek-V3.2, section 2.1.1).
+  def labels(params):
+    return traverse_util.path_aware_map(
+        lambda path, _: "indexer" if "indexer" in path else "frozen", params)
+
+  return optax.multi_transform({"indexer": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
 def create_state(rng, model, optimizer, example_inputs) -> TrainState:

@@ -18,14 +18,20 @@ def _align(logits, batch, *keys):
   return arrays
 
 
-def sums(params, batch, model):
+def sums(params, batch, model, aux_losses=False):
   """Weighted sums of NLL and of correct argmax predictions, and the weight total.
 
   A batch with `positions` (synthetic tasks with data.scored_positions) is scored only there:
-  the model computes logits at those positions alone.
+  the model computes logits at those positions alone. `aux_losses`: also the mean of the losses
+  the model sows (DSA's indexer KL per layer, attention/indexer.py), as `indexer_kl`.
   """
   scored = {"positions_BP": batch["positions"]} if "positions" in batch else {}
-  logits = model.apply({"params": params}, batch["inputs"], **scored)
+  if aux_losses:
+    logits, sown = model.apply({"params": params}, batch["inputs"], mutable=["losses"],
+                               **scored)
+    kls = jax.tree.leaves(sown.get("losses", {}))
+  else:
+    logits, kls = model.apply({"params": params}, batch["inputs"], **scored), []
   targets, weights = _align(logits, batch, "targets", "weights")
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
@@ -33,17 +39,21 @@ def sums(params, batch, model):
          "count": jnp.sum(weights)}
   if "target_bytes" in batch:  # text LMs' eval batches: the UTF-8 bytes of the targets.
     out["bytes"] = jnp.sum(_align(logits, batch, "target_bytes")[0] * weights)
+  if kls:
+    out["indexer_kl"] = sum(kls) / len(kls)
   return out
 
 
 def train_step(state: TrainState, batch, *, model, optimizer):
-  """One AdamW step on the mean weighted NLL; a non-finite step is skipped and recorded."""
+  """One AdamW step on the mean weighted NLL (plus DSA's indexer KL, whose gradient reaches
+  the indexer alone); a non-finite step is skipped and recorded. `loss` is the NLL."""
 
   def loss_fn(params):
-    s = sums(params, batch, model)
-    return s["nll"] / jnp.maximum(s["count"], 1.0), s
+    s = sums(params, batch, model, aux_losses=True)
+    nll = s["nll"] / jnp.maximum(s["count"], 1.0)
+    return nll + s.get("indexer_kl", 0.0), (nll, s)
 
-  (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (loss, s)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
