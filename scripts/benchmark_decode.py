@@ -15,6 +15,8 @@ with a progress line (and ETA) per point. Defaults: about 5 minutes on a 2-core 
 --decode_cache=paged decodes the latent variants (mla_latent, mla_absorbed, gla_absorbed) from
 the paged cache; --decode_kernel=pallas their absorbed steps with the Pallas kernel, timed on a
 TPU and elsewhere (interpret mode) checked against the XLA path: decode.json's kernel_checks.
+Variant mla_sparse is DSA (DeepSeek-V3.2): absorbed MLA whose step reads every indexer key and
+the latents of --index_topk positions; its bytes read per step count only those.
 """
 
 import json
@@ -48,6 +50,9 @@ _DECODE_KERNEL = flags.DEFINE_enum(
     "decode_kernel", "xla", ["xla", "pallas"], "The absorbed variants' paged decode step "
     "(model.decode_kernel); pallas needs --decode_cache=paged and is timed only on a TPU "
     "(elsewhere it runs interpreted and is checked against xla instead).")
+_INDEX_TOPK = flags.DEFINE_integer(
+    "index_topk", 1024, "Positions the mla_sparse variant (DSA) reads per decode step.",
+    lower_bound=1)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where decode.{json,md,png} go.")
 flags.mark_flag_as_required("output_dir")
 
@@ -77,7 +82,8 @@ def main(argv):
   result = decode_benchmark.run(
       _CONFIG.value.model, variants=_VARIANTS.value, contexts=contexts, batches=batches,
       steps=_STEPS.value, memory_gb=_MEMORY_GB.value, perceiver_latents=_LATENTS.value,
-      decode_cache=_DECODE_CACHE.value, decode_kernel=_DECODE_KERNEL.value)
+      decode_cache=_DECODE_CACHE.value, decode_kernel=_DECODE_KERNEL.value,
+      index_topk=_INDEX_TOPK.value)
   result["command"] = " ".join(["python", *sys.argv])
   path = os.path.join(_OUTPUT_DIR.value, "decode")
   with open(path + ".json", "w") as f:

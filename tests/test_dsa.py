@@ -238,3 +238,36 @@ def test_a_sweep_run_starts_from_an_earlier_run_of_the_same_seed(tmp_path):
   with pytest.raises(ValueError, match="sweep run 'dense': train.init_from='run:warmup' is "
                      "invalid: name an earlier run of the sweep"):
     sweep_lib.plan(sweep)
+
+
+def test_decode_benchmark_counts_only_what_a_sparse_step_reads():
+  from latent_attention import config_files
+  from latent_attention.bench import decode as decode_bench
+  model = config_files.load(os.path.join(ROOT, "configs/lm_decode.py:runlocal")).model
+  cfg = decode_bench.variant_config(model, "mla_sparse", 8, index_topk=4)
+  (row,) = decode_bench.measure(cfg, context=32, batches=(2,), steps=2, bandwidth=1e9,
+                                flops_rate=1e9)
+  a = cfg.attention
+  per_layer = 32 * a.index_head_dim + 4 * (a.kv_lora_rank + a.qk_rope_head_dim)
+  assert row["bytes_read_per_step"] - row["weight_bytes"] == cfg.num_layers * per_layer * 2 * 4
+  assert row["cache_bytes_per_sequence"] == row["cache_formula_bytes_per_sequence"] == (
+      cfg.num_layers * 32 * (a.index_head_dim + a.kv_lora_rank + a.qk_rope_head_dim) * 4)
+
+
+def test_the_sparse_decode_step_compiles_for_a_tpu_slice():
+  """The pre-flight (bench/preflight.py) compiles DSA's decode step (top-k and gathers) with
+  the real TPU compiler; its arguments are the cache (indexer keys included) and the weights."""
+  from latent_attention import config_files, kv_cache_formula_bytes
+  from latent_attention.bench import preflight
+  if not preflight.extras_available():
+    pytest.skip(preflight.MISSING)
+  config = config_files.load(os.path.join(ROOT, "configs/lm_shakespeare.py:dsa,runlocal"))
+  (report,) = preflight.compile_config(config, "v5e:2x2", batch=4, steps=("decode",))
+  assert report.fits
+  (gpu,) = preflight.compile_config(config, "h100:1x1x1", batch=2, steps=("decode",))
+  model_cfg = parse_config(config.model)
+  shapes = jax.eval_shape(build_model(model_cfg).init, jax.random.key(0),
+                          jnp.zeros((1, 8), jnp.int32))
+  expected = (kv_cache_formula_bytes(model_cfg, config.data.seq_len, 2)
+              + 4 * sum(x.size for x in jax.tree.leaves(shapes["params"])) + 4 * 2)
+  assert expected <= gpu.argument_bytes <= expected + 4 * config.model.num_layers

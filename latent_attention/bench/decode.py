@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_attention import kv_cache_bytes
+from latent_attention.models.kv_cache import decode_read_bytes
 from latent_attention.models import build_model, parse_config
 from latent_attention.models.decoding import decode_chunks, init_cache
 from latent_attention.models.perceiver_ar import PerceiverARConfig
@@ -34,6 +35,10 @@ VARIANTS = {
     "mla_latent": dict(kind="mla", mla_decode_mode="latent"),
     "mla_absorbed": dict(kind="mla", mla_decode_mode="absorbed"),
     "gla_absorbed": dict(kind="gla", mla_decode_mode="absorbed"),
+    # DSA (DeepSeek-V3.2): absorbed MLA reading the indexer's top `index_topk` positions; the
+    # indexer's size relative to the latent is V3.2's (d_I 128 beside d_c + d_R = 576).
+    "mla_sparse": dict(kind="mla", mla_decode_mode="absorbed", index_topk=1024,
+                       index_n_heads=4, index_head_dim=64),
     "gta": dict(kind="gta"),
     "tpa": dict(kind="tpa"),
     "lowrank_gated": dict(kind="lowrank_gated"),
@@ -51,11 +56,15 @@ def check_variants(names) -> None:
 
 
 def variant_config(model_config, name: str, perceiver_latents: int,
-                   decode_cache: str = "contiguous", decode_kernel: str = "xla"):
+                   decode_cache: str = "contiguous", decode_kernel: str = "xla",
+                   index_topk: int = 0):
   """The model dataclass of variant `name` built on `model_config` (an LM section). A latent
-  cache (mla / gla, not naive) takes `decode_cache`; an absorbed one also `decode_kernel`."""
+  cache (mla / gla, not naive) takes `decode_cache`; an absorbed one also `decode_kernel`;
+  mla_sparse reads `index_topk` positions (0: the variant's 1024)."""
   lm = parse_config(model_config)
   attention = dataclasses.replace(lm.attention, **VARIANTS[name])
+  if attention.index_topk and index_topk:
+    attention = dataclasses.replace(attention, index_topk=index_topk)
   paged = {}
   if paged_variant(name) and decode_cache == "paged":
     paged = dict(decode_cache="paged", decode_kernel=(
@@ -75,8 +84,8 @@ def variant_config(model_config, name: str, perceiver_latents: int,
 
 
 def paged_variant(name: str) -> bool:
-  """Variants with a latent cache, the ones the paged cache holds."""
-  return VARIANTS[name]["kind"] in ("mla", "gla") and name != "mla_naive"
+  """Variants with a latent cache, the ones the paged cache holds (not yet DSA's)."""
+  return VARIANTS[name]["kind"] in ("mla", "gla") and name not in ("mla_naive", "mla_sparse")
 
 
 def kernel_variant(name: str) -> bool:
@@ -158,6 +167,8 @@ def measure(model_cfg, *, context: int, batches, steps: int, bandwidth: float,
     cache, tok_B1 = jax.block_until_ready(decode_c(params, cache, tok_B1))
     step_s = (time.perf_counter() - t0) / steps
     read = kv_cache_bytes(cache) + weight_bytes
+    if getattr(model_cfg, "attention", None) and model_cfg.attention.index_topk:
+      read = decode_read_bytes(model_cfg, context, batch, dtype) + weight_bytes  # DSA.
     bound_s = read / bandwidth
     budget = memory_gb * 2**30 - weight_bytes
     rows.append({
@@ -204,7 +215,7 @@ def kernel_check(model_cfg, *, context: int, steps: int, seed: int = 0) -> dict:
 
 def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: float,
         perceiver_latents: int, decode_cache: str = "contiguous", decode_kernel: str = "xla",
-        log=print) -> dict:
+        index_topk: int = 0, log=print) -> dict:
   """Every variant x context x batch point, with a progress line (and ETA) per point. With
   decode_kernel 'pallas' off TPU, the absorbed paged variants get `kernel_check` instead of
   timings."""
@@ -228,7 +239,8 @@ def run(model_config, *, variants, contexts, batches, steps: int, memory_gb: flo
   points = [(v, c) for v in variants for c in contexts]
   rows, start = [], time.perf_counter()
   for i, (name, context) in enumerate(points, 1):
-    cfg = variant_config(model_config, name, perceiver_latents, decode_cache, decode_kernel)
+    cfg = variant_config(model_config, name, perceiver_latents, decode_cache, decode_kernel,
+                         index_topk)
     for row in measure(cfg, context=context, batches=batches, steps=steps, bandwidth=bandwidth,
                        flops_rate=flops_rate, memory_gb=memory_gb):
       rows.append({"variant": name, **row})
