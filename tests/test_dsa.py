@@ -271,3 +271,30 @@ def test_the_sparse_decode_step_compiles_for_a_tpu_slice():
   expected = (kv_cache_formula_bytes(model_cfg, config.data.seq_len, 2)
               + 4 * sum(x.size for x in jax.tree.leaves(shapes["params"])) + 4 * 2)
   assert expected <= gpu.argument_bytes <= expected + 4 * config.model.num_layers
+
+
+def test_study_table_aggregates_seeds_and_counts_bytes_read(tmp_path):
+  """studies/dsa_tables.py on rows shaped like the sweep's result.json files."""
+  import json as json_lib
+  from latent_attention import config_files
+  from latent_attention.studies import dsa_tables, pages
+  for name, topk, ppls in (("dense", 0, (5.0, 5.2)), ("scratch_top8", 8, (5.5, 5.9))):
+    config = config_files.load(os.path.join(ROOT, "configs/lm_shakespeare.py:dsa,runlocal"))
+    config.model.attention.index_topk = topk
+    for seed, ppl in enumerate(ppls):
+      path = tmp_path / name / f"seed{seed}"
+      path.mkdir(parents=True)
+      (path / "result.json").write_text(json_lib.dumps({
+          "name": name, "seed": seed, "status": "ok", "perplexity": ppl, "eval_loss": 1.0,
+          "kv_formula_bytes_per_token": 4, "step_time_ms": 3.0, "config": config.to_dict()}))
+  table = dsa_tables.quality_table(str(tmp_path), "cmd", "machine", "date")
+  rendered = pages.render_table(table)
+  dense, sparse = table["rows"]
+  assert dense[5] == "5.100 ± 0.141" and dense[6] == "ref" and sparse[2] == "8 (T/4)"
+  assert sparse[6].startswith("+0.600 [")  # Welch's interval of the difference (n = 2 each).
+  a = config.model.attention  # d_c 8, d_R 4, d_I 8, one layer: bytes read at 1k of dense's.
+  read, dense_read = 1024 * 8 + 8 * (8 + 4), 1024 * (8 + 4)
+  assert sparse[8] == f"{read * 4 / 1024:,.0f} ({read / dense_read:.0%})", (sparse[8], a)
+  assert "| scratch_top8 | DSA from scratch | 8 (T/4) |" in rendered
+  with pytest.raises(ValueError, match="holds no finished run"):
+    dsa_tables.quality_table(str(tmp_path / "none"), "cmd", "machine", "date")
