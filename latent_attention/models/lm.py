@@ -17,6 +17,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 CLA_KINDS = ("mha", "gqa", "mqa", "mla", "gla", "gta", "tpa")  # kinds that take shared_kv.
+# model.remat_policy -> what jax.checkpoint keeps of a block for the backward pass (MaxText's
+# names); None: no checkpointing.
+REMAT_POLICIES = {"none": None, "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,11 @@ class LMConfig:
   # Paged single-token decode steps: "xla" (pages gathered, then the XLA absorbed path),
   # "pallas" (kernels/latent_decode.py; interpret mode off TPU), "auto" (pallas on TPU).
   decode_kernel: str = "auto"
+  # What the backward pass recomputes instead of keeping (jax.checkpoint on each block): "none";
+  # "minimal" keeps the projections' outputs and recomputes the rest, attention's [T, S]
+  # logits and probabilities included (dots_with_no_batch_dims_saveable); "full" keeps only
+  # each block's input. Training memory against FLOPs (docs/design.md 7.2).
+  remat_policy: str = "none"
   attention: AttentionConfig = AttentionConfig()
 
   def __post_init__(self):
@@ -47,7 +56,8 @@ class LMConfig:
                                           "page_size"),
                  non_negative=("mlp_dim",), choices={"dtype": tuple(DTYPES),
                                                      "decode_cache": ("contiguous", "paged"),
-                                                     "decode_kernel": ("auto", "xla", "pallas")})
+                                                     "decode_kernel": ("auto", "xla", "pallas"),
+                                                     "remat_policy": tuple(REMAT_POLICIES)})
     check_width(self.attention, self.d_model)  # here, not first when the model is built.
     check_paged(self)
     if self.kv_share_every > 1 and self.attention.kind not in CLA_KINDS:
@@ -177,8 +187,12 @@ class TransformerLM(nn.Module):
                      embedding_init=nn.initializers.normal(0.02))
     x_BTD = embed(tokens_BT)
     shared_kv = None
+    block = Block
+    if REMAT_POLICIES[cfg.remat_policy] is not None and not decode:
+      # `decode` (argument 4, counting the module) is a Python bool: static.
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(4,))
     for i in range(cfg.num_layers):
-      x_BTD, shared_kv = Block(cfg, i, name=f"block_{i}")(
+      x_BTD, shared_kv = block(cfg, i, name=f"block_{i}")(
           x_BTD, pos_BT, mask_BTS, decode, shared_kv if i % cfg.kv_share_every else None, pages)
     if positions_BP is not None:
       x_BTD = jnp.take_along_axis(x_BTD, positions_BP[..., None], axis=1)
