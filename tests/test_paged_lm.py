@@ -22,9 +22,10 @@ LATENT = {"mla-absorbed": ("mla", {"mla_decode_mode": "absorbed"}),
           "gla-2": ("gla", {"gla_latent_heads": 2})}
 
 
-def _models(name, kernel="xla", page_size=4):
+def _models(name, kernel="xla", page_size=4, num_layers=2):
   kind, extra = LATENT[name]
   cfg = tiny_lm_config(kind, **extra)
+  cfg.num_layers = num_layers
   contiguous = build_model(cfg)
   cfg.update(decode_cache="paged", decode_kernel=kernel, page_size=page_size)
   paged = build_model(cfg)
@@ -37,8 +38,10 @@ def _models(name, kernel="xla", page_size=4):
                                           if not (kernel == "pallas" and name == "mla-latent")])
 def test_generate_paged_equals_contiguous_token_for_token(name, kernel):
   """A 6-token prompt (pages of 4: one full, one part) and 9 new tokens, greedy and sampled.
-  (The kernel is absorbed decoding: decode_kernel='pallas' refuses mla_decode_mode='latent'.)"""
-  contiguous, paged, params = _models(name, kernel)
+  (The kernel is absorbed decoding: decode_kernel='pallas' refuses mla_decode_mode='latent'.)
+  One layer: generate compiles 4 programs a case; the pages' hand-over from layer to layer is
+  checked by the 2-layer tests below (chunks against the forward, a freed row)."""
+  contiguous, paged, params = _models(name, kernel, num_layers=1)
   prompt_BT = jax.random.randint(jax.random.key(1), (2, 6), 0, 31)
   for temperature in (0.0, 1.0):
     kw = dict(max_new_tokens=9, temperature=temperature)
