@@ -52,7 +52,7 @@ CASES = [
      "benchmark.py: flag --steps=0: 0 is not a positive integer"),
     ("sweep_file", ["scripts/sweep.py", "--sweep=configs/sweeps/nope.py", "--workdir={tmp}/s"],
      "sweep.py: config file 'configs/sweeps/nope.py' does not exist; choose one of "
-     "configs/sweeps/lm1b_attention.py, configs/sweeps/lm_attention.py"),
+     "configs/sweeps/dsa.py, configs/sweeps/lm1b_attention.py, configs/sweeps/lm_attention.py"),
     ("decode_variant", ["scripts/benchmark_decode.py", "--variants=mha,flash",
                         "--output_dir={tmp}/d"],
      "benchmark_decode.py: --variants: 'flash' is invalid: choose from mha, gqa, mqa"),

@@ -175,14 +175,14 @@ def test_deepseek_v2_shaped_cache_per_token(layers, expected):
 
 def test_gqa_with_all_heads_equals_mha_and_mqa_equals_gqa_one_head():
   # The whole LM over t=10 keys (conftest.lm_terms), relative to max |logits|.
-  cfg = tiny_lm_config("mha")
+  cfg = _one_layer(tiny_lm_config("mha"))
   terms = lm_terms(cfg, 10)
   model_mha, params, tokens_BT = _setup(cfg)
-  model_gqa = build_model(tiny_lm_config("gqa", num_kv_heads=4))
+  model_gqa = build_model(_one_layer(tiny_lm_config("gqa", num_kv_heads=4)))
   assert_f32_close(model_gqa.apply({"params": params}, tokens_BT),
                    model_mha.apply({"params": params}, tokens_BT), terms=terms)
-  model_mqa, params, tokens_BT = _setup(tiny_lm_config("mqa"))
-  model_gqa1 = build_model(tiny_lm_config("gqa", num_kv_heads=1))
+  model_mqa, params, tokens_BT = _setup(_one_layer(tiny_lm_config("mqa")))
+  model_gqa1 = build_model(_one_layer(tiny_lm_config("gqa", num_kv_heads=1)))
   assert_f32_close(model_gqa1.apply({"params": params}, tokens_BT),
                    model_mqa.apply({"params": params}, tokens_BT), terms=terms)
 
@@ -208,7 +208,8 @@ def test_generate_greedy_matches_argmax_of_full_forward(variant):
 def test_generate_after_a_prompt_filling_the_cache():
   """A 10-token prompt and 2 new tokens: generate's 12-slot cache is full but for the slot of
   the last token, which is sampled, never written; the one decode step writes slot 10."""
-  model, params, prompt_BT = _setup(tiny_lm_config("mla", mla_decode_mode="absorbed"), t=10)
+  model, params, prompt_BT = _setup(_one_layer(tiny_lm_config("mla", mla_decode_mode="absorbed")),
+                                    t=10)
   new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=2,
                     temperature=0.0)
   logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], axis=1))
@@ -219,7 +220,7 @@ def test_generate_after_a_prompt_filling_the_cache():
 def test_decode_step_writes_the_donated_cache_in_place(kind, batch):
   """No copy of a cache buffer in the compiled step: a unit head or batch axis in the buffers
   made XLA:CPU copy the whole cache every step (attention/cache.py; caught here at S=64)."""
-  model, params, _ = _setup(tiny_lm_config(kind))
+  model, params, _ = _setup(_one_layer(tiny_lm_config(kind)))
   cache = init_cache(model, batch, 64)
 
   def step(params, cache, tok_B1):
@@ -239,8 +240,8 @@ def test_decode_step_writes_the_donated_cache_in_place(kind, batch):
 def test_one_head_lowrank_and_one_sequence_decode_match_full_forward():
   """Unit axes the caches drop or keep (attention/cache.py): one head, one sequence (the
   long-prefill test covers mqa at batch 1)."""
-  for cfg, batch in ((tiny_lm_config("lowrank_gated", num_heads=1), 1),
-                     (tiny_lm_config("head_gated", head_gated_top_k=1), 2)):
+  for cfg, batch in ((_one_layer(tiny_lm_config("lowrank_gated", num_heads=1)), 1),
+                     (_one_layer(tiny_lm_config("head_gated", head_gated_top_k=1)), 2)):
     model, params, tokens_BT = _setup(cfg, b=batch)
     decoded_BTV, _ = _decode(model, params, tokens_BT, (4, 1, 1, 4), jit=True)
     assert_f32_close(decoded_BTV, model.apply({"params": params}, tokens_BT),
@@ -248,7 +249,7 @@ def test_one_head_lowrank_and_one_sequence_decode_match_full_forward():
 
 
 def test_generate_top_k_samples_only_from_top_k():
-  model, params, prompt_BT = _setup(tiny_lm_config("mla"), t=3)
+  model, params, prompt_BT = _setup(_one_layer(tiny_lm_config("mla")), t=3)
   new_BN = generate(model, params, prompt_BT, jax.random.key(3), max_new_tokens=6,
                     temperature=1.0, top_k=2)
   logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], 1))
