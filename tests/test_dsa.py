@@ -55,10 +55,12 @@ def _reference(cfg, params, x_BTD, pos_BT):
 
 def test_indexer_scores_selection_output_and_kl_equal_numpy():
   cfg, module, params, x_BTD, pos_BT = _layer()
-  (y_BTD, state) = module.apply({"params": params}, x_BTD, pos_BT=pos_BT,
-                                mutable=["losses", "intermediates"], capture_intermediates=True)
+  apply = jax.jit(lambda p: module.apply({"params": p}, x_BTD, pos_BT=pos_BT,
+                                         mutable=["losses", "intermediates"],
+                                         capture_intermediates=True))
+  (y_BTD, state) = apply(params)
   q_i, w_i, k_i = state["intermediates"]["indexer"]["__call__"][0]
-  scores_BTS = indexer.scores(q_i, w_i, k_i)
+  scores_BTS = jax.jit(indexer.scores)(q_i, w_i, k_i)
   want_scores, want_keep, want_y, want_kl = _reference(cfg, params, x_BTD, pos_BT)
   # scores: W_k over D, LayerNorm over d_I, W_q over d_c' (c_Q over D), q·k over d_I, Σ_h.
   assert_f32_close(scores_BTS, want_scores, terms=2 * D + 16 + 2 * 8 + 2)
@@ -174,8 +176,8 @@ def test_the_indexer_learns_from_its_kl_alone_and_the_model_from_the_lm_loss_alo
     rest = [np.abs(g).max() for k, g in flat if "indexer" not in jax.tree_util.keystr(k)]
     return max(mine), max(rest)
 
-  nll_indexer, nll_main = split(jax.grad(nll)(params))
-  kl_indexer, kl_main = split(jax.grad(kl)(params))
+  nll_indexer, nll_main = split(jax.jit(jax.grad(nll))(params))
+  kl_indexer, kl_main = split(jax.jit(jax.grad(kl))(params))
   assert nll_indexer == 0 and kl_main == 0
   assert nll_main > 100 * F32_EPS and kl_indexer > 100 * F32_EPS
 
