@@ -31,7 +31,7 @@ def test_causal_by_gradient(variant):
   attn = _attention(tiny_lm_config(*variant[:1], **variant[1]).attention)
   x_BTD = jax.random.normal(jax.random.key(0), (1, 7, 32))
   pos_BT = jnp.arange(7)[None]
-  params = attn.init(jax.random.key(1), x_BTD, pos_BT=pos_BT)
+  params = jax.jit(attn.init)(jax.random.key(1), x_BTD, pos_BT=pos_BT)  # one compile.
 
   def out_T(x_BTD):  # each position's output, summed over features.
     return attn.apply(params, x_BTD, pos_BT=pos_BT)[0].sum(-1)
@@ -88,8 +88,9 @@ def test_cached_attention_matches_reference(layout, monkeypatch):
     k_nope, k_rope = (jax.random.normal(keys[1], (b, s, n, 6)),
                       jax.random.normal(keys[2], (b, s, 1, 2)))
     v = jax.random.normal(keys[4], (b, s, n, 3))
-    out = cached_attention((q[..., :6], q[..., 6:]), (heads_major(k_nope), k_rope[:, :, 0]),
-                           heads_major(v), mask_BTS=mask, scale=0.3)
+    attend = jax.jit(cached_attention, static_argnames="scale")  # one compile, not many ops.
+    out = attend((q[..., :6], q[..., 6:]), (heads_major(k_nope), k_rope[:, :, 0]),
+                 heads_major(v), mask_BTS=mask, scale=0.3)
     k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (b, s, n, 2))], -1)
   else:
     num_kv = {"heads_major_k2": 2, "shared_head_3d": 1, "query_chunks": 2}[layout]
@@ -117,8 +118,10 @@ def test_lowrank_key_logits_equal_rotating_expanded_keys():
   k_BSNH = apply_rope(jnp.einsum("BNSC,CH->BSNH", c_BNSC, w_CH), jnp.arange(s)[None], freqs)
   expected = np.einsum("btnh,bsnh->bnts", np.asarray(q_BTNH), np.asarray(k_BSNH))
   # Angles up to s·1 rad (rounded by eps·s in float32 sin/cos, 10 here), then sums over C=3
-  # and H=8 of products of O(|q| |c| |w|) terms: ~ 10 + 3 + 8, rounded up.
-  assert_f32_close(lowrank_key_logits(q_BTNH, c_BNSC, w_CH, freqs), expected, terms=32)
+  # and H=8 of products of O(|q| |c| |w|) terms: ~ 10 + 3 + 8, rounded up. Jitted: one compile
+  # (the frequencies a numpy constant, as in the model).
+  logits = jax.jit(lambda q, c, w: lowrank_key_logits(q, c, w, freqs))(q_BTNH, c_BNSC, w_CH)
+  assert_f32_close(logits, expected, terms=32)
 
 
 def test_core_causal_flag_equals_explicit_mask():

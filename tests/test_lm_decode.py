@@ -31,6 +31,11 @@ def _setup(cfg, b=2, t=10, seed=0):
   return model, _PARAMS[key], tokens_BT
 
 
+def _forward(model, params, tokens_BT):
+  """The full forward pass, jitted: one compile instead of hundreds of eager ops."""
+  return jax.jit(model.apply)({"params": params}, tokens_BT)
+
+
 def _decode(model, params, tokens_BT, chunks, jit):
   apply = jax.jit(model.apply, static_argnames=("decode", "mutable")) if jit else None
   return decode_chunks(model, params, tokens_BT, chunks, apply)
@@ -46,7 +51,7 @@ def _one_layer(cfg):
 def _check_decode(cfg, chunks, jit):
   """Decodes `chunks` tokens of 2 sequences; returns the cache left behind."""
   model, params, tokens_BT = _setup(cfg, t=sum(chunks))
-  full_BTV = jax.jit(model.apply)({"params": params}, tokens_BT)
+  full_BTV = _forward(model, params, tokens_BT)
   decoded_BTV, cache = _decode(model, params, tokens_BT, chunks, jit)
   # The whole LM over t keys (conftest.lm_terms), relative to max |logits|.
   assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(cfg, tokens_BT.shape[1]))
@@ -78,7 +83,7 @@ def test_bfloat16_decodes_like_its_forward_with_float32_params_logits_and_gradie
   cfg = _one_layer(tiny_lm_config(variant[0], **variant[1]))
   cfg.dtype = "bfloat16"
   model, params, tokens_BT = _setup(cfg, t=10)
-  full_BTV = jax.jit(model.apply)({"params": params}, tokens_BT)
+  full_BTV = _forward(model, params, tokens_BT)
   decoded_BTV, _ = _decode(model, params, tokens_BT, (4, 1, 1, 3, 1), jit=True)
   assert full_BTV.dtype == decoded_BTV.dtype == jnp.float32
   # Both paths round activations, cache and matmul inputs to bfloat16 (eps 2^-7), at different
@@ -115,7 +120,7 @@ def test_long_prefill_in_query_chunks_then_steps_matches_full_forward(variant, m
   monkeypatch.setattr(core, "QUERY_CHUNK", 64)  # the 196-token prefill: 4 blocks, one padded.
   cfg = _one_layer(tiny_lm_config(variant[0], **variant[1]))
   model, params, tokens_BT = _setup(cfg, b=1, t=200)
-  full_BTV = model.apply({"params": params}, tokens_BT)
+  full_BTV = _forward(model, params, tokens_BT)
   decoded_BTV, _ = _decode(model, params, tokens_BT, (196, 1, 1, 1, 1), jit=True)
   assert_f32_close(decoded_BTV, full_BTV, terms=lm_terms(cfg, tokens_BT.shape[1]))
 
@@ -179,12 +184,12 @@ def test_gqa_with_all_heads_equals_mha_and_mqa_equals_gqa_one_head():
   terms = lm_terms(cfg, 10)
   model_mha, params, tokens_BT = _setup(cfg)
   model_gqa = build_model(_one_layer(tiny_lm_config("gqa", num_kv_heads=4)))
-  assert_f32_close(model_gqa.apply({"params": params}, tokens_BT),
-                   model_mha.apply({"params": params}, tokens_BT), terms=terms)
+  assert_f32_close(_forward(model_gqa, params, tokens_BT),
+                   _forward(model_mha, params, tokens_BT), terms=terms)
   model_mqa, params, tokens_BT = _setup(_one_layer(tiny_lm_config("mqa")))
   model_gqa1 = build_model(_one_layer(tiny_lm_config("gqa", num_kv_heads=1)))
-  assert_f32_close(model_gqa1.apply({"params": params}, tokens_BT),
-                   model_mqa.apply({"params": params}, tokens_BT), terms=terms)
+  assert_f32_close(_forward(model_gqa1, params, tokens_BT),
+                   _forward(model_mqa, params, tokens_BT), terms=terms)
 
 
 @pytest.mark.parametrize("variant", [
@@ -201,7 +206,7 @@ def test_generate_greedy_matches_argmax_of_full_forward(variant):
                     temperature=0.0)
   assert new_BN.shape == (2, 5)
   seq_BT = jnp.concatenate([prompt_BT, new_BN], axis=1)
-  logits_BTV = model.apply({"params": params}, seq_BT)
+  logits_BTV = _forward(model, params, seq_BT)
   np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 6:-1], -1), new_BN)
 
 
@@ -212,7 +217,7 @@ def test_generate_after_a_prompt_filling_the_cache():
                                     t=10)
   new_BN = generate(model, params, prompt_BT, jax.random.key(0), max_new_tokens=2,
                     temperature=0.0)
-  logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], axis=1))
+  logits_BTV = _forward(model, params, jnp.concatenate([prompt_BT, new_BN], axis=1))
   np.testing.assert_array_equal(jnp.argmax(logits_BTV[:, 9:11], -1), new_BN)
 
 
@@ -244,7 +249,7 @@ def test_one_head_lowrank_and_one_sequence_decode_match_full_forward():
                      (_one_layer(tiny_lm_config("head_gated", head_gated_top_k=1)), 2)):
     model, params, tokens_BT = _setup(cfg, b=batch)
     decoded_BTV, _ = _decode(model, params, tokens_BT, (4, 1, 1, 4), jit=True)
-    assert_f32_close(decoded_BTV, model.apply({"params": params}, tokens_BT),
+    assert_f32_close(decoded_BTV, _forward(model, params, tokens_BT),
                      terms=lm_terms(cfg, tokens_BT.shape[1]))
 
 
@@ -252,7 +257,7 @@ def test_generate_top_k_samples_only_from_top_k():
   model, params, prompt_BT = _setup(_one_layer(tiny_lm_config("mla")), t=3)
   new_BN = generate(model, params, prompt_BT, jax.random.key(3), max_new_tokens=6,
                     temperature=1.0, top_k=2)
-  logits_BTV = model.apply({"params": params}, jnp.concatenate([prompt_BT, new_BN], 1))
+  logits_BTV = _forward(model, params, jnp.concatenate([prompt_BT, new_BN], 1))
   top2_BN2 = jax.lax.top_k(logits_BTV[:, 2:-1], 2)[1]
   assert bool(jnp.all((top2_BN2 == new_BN[..., None]).any(-1)))
 
@@ -263,5 +268,5 @@ def test_attention_only_blocks_have_no_mlp_and_decode_exactly():
   model, params, tokens_BT = _setup(cfg)
   assert not any("mlp" in k for block in ("block_0", "block_1") for k in params[block])
   decoded_BTV, _ = _decode(model, params, tokens_BT, (4, 1, 5), jit=True)
-  assert_f32_close(decoded_BTV, model.apply({"params": params}, tokens_BT),
+  assert_f32_close(decoded_BTV, _forward(model, params, tokens_BT),
                    terms=lm_terms(cfg, tokens_BT.shape[1]))

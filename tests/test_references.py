@@ -31,6 +31,8 @@ def _f64(tree):
 
 
 def _jit_apply(model):
+  """model.apply jitted: one compile instead of hundreds of eager ops (none of these tests is
+  about the eager path)."""
   return jax.jit(model.apply, static_argnames=("decode", "mutable"))
 
 
@@ -63,7 +65,7 @@ def test_partial_rope_conversion_at_full_rank_is_the_source_with_dropped_pairs_u
   every pair rotated is far from it, so the dropped pairs are what the reference checks."""
   cfg = tiny_lm_config(kind, num_kv_heads=kv_heads)
   model = build_model(cfg)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   batches = [np.asarray(jax.random.randint(jax.random.key(i), (2, 16), 0, 31)) for i in (1, 2)]
   h, rope_dims = 8, 4
   model_cfg, new_params, report = mla_conversion.convert(
@@ -78,10 +80,11 @@ def test_partial_rope_conversion_at_full_rank_is_the_source_with_dropped_pairs_u
   converted = build_model(parse_config(model_cfg))
   # The whole LM (conftest.lm_terms) plus the latent's D-long contraction per layer.
   terms = lm_terms(cfg, 12) + cfg.num_layers * D
-  assert_f32_close(converted.apply({"params": new_params}, tokens_BT), expected, terms=terms)
+  assert_f32_close(_jit_apply(converted)({"params": new_params}, tokens_BT), expected,
+                   terms=terms)
   decoded, _ = decode_chunks(converted, new_params, tokens_BT, (5, 1, 6), _jit_apply(converted))
   assert_f32_close(decoded, expected, terms=terms)
-  every_pair = model.apply({"params": params}, tokens_BT)
+  every_pair = _jit_apply(model)({"params": params}, tokens_BT)
   tol = terms * float(np.finfo(np.float32).eps) * float(np.abs(expected).max())
   assert float(np.abs(every_pair - expected).max()) > 100 * tol
 
@@ -116,8 +119,9 @@ def test_cla_equals_a_numpy_lm_whose_second_layer_reuses_the_first_layers_state(
   expected = ref.lm_logits(_f64(params), np.asarray(tokens_BT), kind=kind, num_layers=3,
                            share_every=2, cfg=latent)
   terms = lm_terms(cfg, T)  # conftest.lm_terms: q.k and the latents counted as D-long sums.
-  assert_f32_close(model.apply({"params": params}, tokens_BT), expected, terms=terms)
-  decoded, _ = decode_chunks(model, params, tokens_BT, (5, 1, 3), _jit_apply(model))
+  apply = _jit_apply(model)
+  assert_f32_close(apply({"params": params}, tokens_BT), expected, terms=terms)
+  decoded, _ = decode_chunks(model, params, tokens_BT, (5, 1, 3), apply)
   assert_f32_close(decoded, expected, terms=terms)
 
 
@@ -135,7 +139,8 @@ def test_mla_with_query_compression_equals_deepseek_v2_equations(mode):
   attn = make_attention(cfg, D, jnp.float32)
   x_BTD = jax.random.normal(jax.random.key(0), (B, T, D))
   pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
-  variables = attn.init(jax.random.key(1), x_BTD, pos_BT=pos_BT, decode=True)
+  variables = jax.jit(functools.partial(attn.init, decode=True))(jax.random.key(1), x_BTD,
+                                                                 pos_BT=pos_BT)
   p = _f64(variables["params"])
   assert {"q_down", "q_norm", "q_up"} <= set(p) and "query" not in p
   x, pos = np.asarray(x_BTD, np.float64), np.asarray(pos_BT, np.float64)
@@ -144,8 +149,8 @@ def test_mla_with_query_compression_equals_deepseek_v2_equations(mode):
   # and the up-projections over d_c, scores over d_nope + d_R, softmax and sum over T, output
   # over N·d_v.
   terms = 2 * D + 2 * cq + 2 * c + nope + r + 2 * T + n * dv
-  assert_f32_close(attn.apply({"params": variables["params"]}, x_BTD, pos_BT=pos_BT), expected,
-                   terms=terms)
+  assert_f32_close(jax.jit(attn.apply)({"params": variables["params"]}, x_BTD, pos_BT=pos_BT),
+                   expected, terms=terms)
   step = jax.jit(functools.partial(attn.apply, decode=True, mutable=["cache"]))
   cache, start, outs = variables["cache"], 0, []
   for size in (4, 1, 4):

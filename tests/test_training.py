@@ -54,11 +54,12 @@ def test_scoring_only_at_positions_equals_full_scoring():
   assert batch["positions"].shape == (8, config.data.num_kv_pairs)
   full = {k: v for k, v in batch.items() if k != "positions"}
   params = exp.init_state(jax.random.key(0)).params
+  # Jitted, as the train and eval steps run it: one compile instead of hundreds of eager ops.
+  sums = jax.jit(lambda p, b: steps.sums(p, b, exp.model))
   loss = lambda p, b: steps.sums(p, b, exp.model)["nll"]
   # Both sum the same per-position terms over the B*T positions of the batch.
   rows = batch["inputs"].size
-  for a, b in zip(steps.sums(params, batch, exp.model).values(),
-                  steps.sums(params, full, exp.model).values()):
+  for a, b in zip(sums(params, batch).values(), sums(params, full).values()):
     assert_f32_close(a, b, terms=rows)
   # A weight gradient sums B*T per-position products (most of them 0 here): each leaf is off by
   # at most rows * eps * its largest entry.
