@@ -20,7 +20,7 @@ from conftest import assert_f32_close, lm_terms, runlocal, tiny_lm_config
 def _source(kind, seed=0, **extra):
   cfg = tiny_lm_config(kind, **extra)
   model = build_model(cfg)
-  params = model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"]
   batches = [np.asarray(jax.random.randint(jax.random.key(seed + i), (2, 16), 0, 31))
              for i in (1, 2)]
   return cfg, model, params, batches
@@ -39,9 +39,9 @@ def test_full_rank_conversion_keeping_every_pair_is_the_source_model(kind, extra
   assert new_cfg.attention.mla_rope_heads == kv_heads
   assert [layer["kv_relative_error"] < 1e-6 for layer in layers] == [True, True]
   tokens_BT = jax.random.randint(jax.random.key(7), (2, 12), 0, cfg.vocab_size)
-  source_BTV = model.apply({"params": params}, tokens_BT)
+  source_BTV = jax.jit(model.apply)({"params": params}, tokens_BT)  # one compile, not many ops.
   converted = build_model(new_cfg)
-  converted_BTV = converted.apply({"params": new_params}, tokens_BT)
+  converted_BTV = jax.jit(converted.apply)({"params": new_params}, tokens_BT)
   # Two evaluations of the same LM; the SVD factors add a D-long contraction per layer.
   terms = lm_terms(cfg, 12) + cfg.num_layers * cfg.d_model
   assert_f32_close(converted_BTV, source_BTV, terms=terms)
