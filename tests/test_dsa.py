@@ -294,9 +294,12 @@ def test_study_table_aggregates_seeds_and_counts_bytes_read(tmp_path):
   dense, sparse = table["rows"]
   assert dense[5] == "5.100 ± 0.141" and dense[6] == "ref" and sparse[2] == "8 (T/4)"
   assert sparse[6].startswith("+0.600 [")  # Welch's interval of the difference (n = 2 each).
+  # Paired by seed: differences 0.5 and 0.7, mean 0.6, sd 0.1414, t(0.975, 1 dof) = 12.706
+  # (tables): 0.6 ± 12.706 * 0.1414 / sqrt(2) = 0.6 ± 1.271.
+  assert (sparse[7], sparse[8]) == ("dense", "+0.600 [-0.671, +1.871] (n.s.)")
   a = config.model.attention  # d_c 8, d_R 4, d_I 8, one layer: bytes read at 1k of dense's.
   read, dense_read = 1024 * 8 + 8 * (8 + 4), 1024 * (8 + 4)
-  assert sparse[8] == f"{read * 4 / 1024:,.0f} ({read / dense_read:.0%})", (sparse[8], a)
+  assert sparse[10] == f"{read * 4 / 1024:,.0f} ({read / dense_read:.0%})", (sparse[10], a)
   assert "| scratch_top8 | DSA from scratch | 8 (T/4) |" in rendered
   with pytest.raises(ValueError, match="holds no finished run"):
     dsa_tables.quality_table(str(tmp_path / "none"), "cmd", "machine", "date")

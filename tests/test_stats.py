@@ -190,3 +190,21 @@ def test_invalid_arguments(kwargs, message):
   with pytest.raises(ValueError) as e:
     stats.aggregate(table(), **kwargs)
   assert str(e.value) == message
+
+
+def test_paired_interval_by_hand_and_shared_seed_spread_cancels():
+  # Differences 1, 2, 3: mean 2, sd 1, t(0.975, 2 dof) = 4.303 (tables): 2 ± 4.303 / sqrt(3).
+  got = stats.paired([11.0, 22.0, 33.0], [10.0, 20.0, 30.0])
+  close(got["diff"], 2.0, terms=8, scale=33)
+  # The tables give t to 3 decimals: the bounds agree to half a unit of the last one.
+  assert abs(got["diff_low"] - (2 - 4.303 / 3 ** 0.5)) <= 0.0005 / 3 ** 0.5
+  assert abs(got["diff_high"] - (2 + 4.303 / 3 ** 0.5)) <= 0.0005 / 3 ** 0.5
+  assert got["significant"] is False
+  # Seeds that move both runs alike (spread 10 between seeds, a steady +0.5): Welch's interval
+  # contains 0, the paired one does not.
+  a, b = [10.5, 20.4, 30.6], [10.0, 20.0, 30.0]
+  assert stats.paired(a, b)["significant"] is True
+  assert welch(a, b)[1] < 0 < welch(a, b)[2]
+  assert stats.paired([1.5, 2.5], [1.0, 2.0])["significant"] is None  # no spread: no test.
+  with pytest.raises(ValueError, match=r"^paired samples differ in length \(2 against 3\)"):
+    stats.paired([1.0, 2.0], [1.0, 2.0, 3.0])

@@ -15,8 +15,9 @@ Runs, each with seeds 0, 1, 2 (run-major: a converted run starts from its seed's
                  (index_mode dense_warmup), 50 steps: stage (a).
   convert_top*   the warm-up's parameters, top_k active, everything trained (the indexer by its
                  KL over the selected positions, on detached inputs), 100 steps: stage (b).
+  continued      the dense run trained the same 100 steps, dense: stage (b)'s control.
 The model is small enough for 2 CPU cores at this context: 2 layers, D = 64, 4 heads of 16,
-d_c = 16, d_R = 8, indexer 4 heads of d_I = 16; batch 4 windows of 1024 characters. About 40
+d_c = 16, d_R = 8, indexer 4 heads of d_I = 16; batch 4 windows of 1024 characters. About 70
 minutes on 2 CPU cores. The decode speed at 8k context is scripts/benchmark_decode.py's
 (variant mla_sparse), at a model size where the cache is what a step reads.
 """
@@ -55,10 +56,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       "train.warmup_steps": 5, "train.learning_rate": 1e-3, "train.end_learning_rate": 1e-4,
       "model.attention.index_topk": TOPKS[0], "model.attention.index_mode": "dense_warmup",
       **INDEXER}))
+  stage_b = {"train.num_steps": 100, "train.warmup_steps": 10, "train.learning_rate": 5e-4,
+             "train.end_learning_rate": 5e-5}
   sweep.runs += [dict(name=f"convert_top{k}", overrides={
-      "train.init_from": "run:warmup", "train.num_steps": 100, "train.warmup_steps": 10,
-      "train.learning_rate": 5e-4, "train.end_learning_rate": 5e-5,
-      "model.attention.index_topk": k, **INDEXER}) for k in TOPKS]
+      "train.init_from": "run:warmup", **stage_b, "model.attention.index_topk": k, **INDEXER})
+                 for k in TOPKS]
+  # The converted runs train 100 steps more than dense: the same 100 steps, dense, are their
+  # control (a converted run better than dense by less than this one is not DSA's doing).
+  sweep.runs.append(dict(name="continued", overrides={"train.init_from": "run:dense",
+                                                      **stage_b}))
   sweep.seeds = (0, 1, 2)
   sweep.reference = "dense"
   sweep.benchmark = ml_collections.ConfigDict({"steps": 10, "warmup": 2})  # step time only.

@@ -1,10 +1,11 @@
 """The DSA study's results tables (configs/sweeps/dsa.py; docs/results/dsa.md) from the sweep's
 result.json files and the decode benchmark's decode.json, as studies/pages.py table files.
 
-Perplexity is the mean ± std over seeds with the 95% confidence interval of its difference from
-dense MLA (Welch, studies/stats.py); bytes read per decode step follow from each run's config
-(models/kv_cache.py's `decode_read_bytes`: DSA reads every indexer key and the latents of
-top_k positions), at the study's context and at 8k.
+Perplexity is the mean ± std over seeds with the 95% confidence interval of its difference
+from dense MLA (Welch, studies/stats.py) and from the run's control seed by seed (paired: dense
+MLA, or for a converted run the dense run trained as many steps more); bytes read per decode
+step follow from each run's config (models/kv_cache.py's `decode_read_bytes`: DSA reads every
+indexer key and the latents of top_k positions), at the study's context and at 8k.
 """
 
 import dataclasses
@@ -25,7 +26,7 @@ def sweep_rows(workdir: str) -> list[dict]:
   for path in sorted(glob.glob(os.path.join(workdir, "*", "seed*", "result.json"))):
     with open(path) as f:
       rows.append(json.load(f))
-  order = {"dense": 0, "scratch": 1, "warmup": 2, "convert": 3}
+  order = {"dense": 0, "scratch": 1, "warmup": 2, "continued": 3, "convert": 4}
   return sorted(rows, key=lambda r: (order.get(r["name"].split("_")[0], 9),
                                      -_topk(r), r.get("seed") or 0))
 
@@ -37,12 +38,31 @@ def _topk(row) -> int:
 def _training(row) -> str:
   att = row["config"]["model"]["attention"]
   if not att.get("index_topk"):
-    return "dense MLA"
+    return ("dense MLA, the dense run trained on (control of (b))"
+            if row["config"]["train"].get("init_from") else "dense MLA")
   if att.get("index_mode") == "dense_warmup":
     return "warm-up: dense attention, main frozen, indexer by KL (a)"
   if row["config"]["train"].get("init_from"):
     return "converted: warm-up, then sparse training (b)"
   return "DSA from scratch"
+
+
+def _control(name: str, names) -> str | None:
+  """The run a run is compared with seed by seed: stage (b)'s control for a converted run (the
+  dense run trained as many steps more), dense MLA for the others."""
+  if name == "dense":
+    return None
+  return "continued" if name.startswith("convert") and "continued" in names else "dense"
+
+
+def _paired_cells(name: str, by_seed: dict) -> list:
+  """[control, 'diff [95% CI]'] of `name` against its control over the seeds both ran."""
+  control = _control(name, by_seed)
+  if control is None or control not in by_seed:
+    return ["", ""]
+  seeds = sorted(set(by_seed[name]) & set(by_seed[control]))
+  cmp = stats.paired([by_seed[name][s] for s in seeds], [by_seed[control][s] for s in seeds])
+  return [control, stats.format_diff({**cmp, "name": name, "reference": control}, "{:.3f}")]
 
 
 def quality_table(workdir: str, command: str, machine: str, date: str) -> dict:
@@ -53,6 +73,9 @@ def quality_table(workdir: str, command: str, machine: str, date: str) -> dict:
   by_name = {}
   for r in rows:
     by_name.setdefault(r["name"], r)
+  by_seed = {}
+  for r in rows:
+    by_seed.setdefault(r["name"], {})[r.get("seed") or 0] = r["perplexity"]
   table_rows = []
   for agg in stats.aggregate(rows, reference="dense", metric="perplexity"):
     first = by_name[agg["name"]]
@@ -70,6 +93,7 @@ def quality_table(workdir: str, command: str, machine: str, date: str) -> dict:
         cfg["train"]["num_steps"], agg["n"],
         stats.format_mean_std(agg["perplexity_mean"], agg["perplexity_std"], "{:.3f}"),
         stats.format_diff(agg, "{:.3f}"),
+        *_paired_cells(agg["name"], by_seed),
         int(first["kv_formula_bytes_per_token"]),
         *[f"{r / 1024:,.0f} ({r / d:.0%})" if sparse else f"{d / 1024:,.0f}"
           for r, d in zip(reads, dense_reads)],
@@ -79,12 +103,14 @@ def quality_table(workdir: str, command: str, machine: str, date: str) -> dict:
       "provenance": "each run's result.json in the sweep's workdir (scripts/sweep.py), "
                     "aggregated by studies/dsa_tables.py",
       "columns": ["run", "training", "top_k of T", "steps", "seeds",
-                  "perplexity (mean ± std)", "Δ vs dense [95% CI]", "KV bytes / token",
+                  "perplexity (mean ± std)", "Δ vs dense [95% CI, Welch]", "control",
+                  "Δ vs control, paired by seed [95% CI]", "KV bytes / token",
                   "KiB read / decode step at 1k (of dense MLA's)",
                   "KiB read / decode step at 8k (of dense MLA's)", "train step (ms, median)"],
-      "align": ["left", "left", "right", "right", "right", "right", "right", "right", "right",
-                "right", "right"],
-      "format": [None, None, None, None, None, None, None, "{:,}", None, None, "{:.0f}"],
+      "align": ["left", "left", "right", "right", "right", "right", "right", "left", "right",
+                "right", "right", "right", "right"],
+      "format": [None, None, None, None, None, None, None, None, None, "{:,}", None, None,
+                 "{:.0f}"],
       "rows": table_rows}
 
 

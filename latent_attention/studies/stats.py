@@ -98,6 +98,22 @@ def _compare(a, b, is_reference) -> dict:
   return out
 
 
+def paired(a, b) -> dict:
+  """diff = mean of a_i - b_i over pairs (one per seed), its Student-t confidence interval and
+  significant: the test for runs whose seed i shares data order (and, for a run started from
+  another, its parent) with the other's seed i, where seed-to-seed spread cancels."""
+  if len(a) != len(b):
+    raise ValueError(f"paired samples differ in length ({len(a)} against {len(b)}): one value "
+                     "per seed on both sides")
+  d = np.asarray(a, float) - np.asarray(b, float)
+  out = dict(diff=float(d.mean()), diff_low=None, diff_high=None, significant=None)
+  if len(d) >= 2 and np.var(d, ddof=1) > 0:
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    out.update(diff_low=out["diff"] - half, diff_high=out["diff"] + half,
+               significant=not out["diff"] - half <= 0.0 <= out["diff"] + half)
+  return out
+
+
 def format_mean_std(mean: float, std: float | None, fmt: str) -> str:
   """'5.194 ± 0.012' with fmt '{:.3f}'; only the mean when std is None."""
   return fmt.format(mean) if std is None else f"{fmt.format(mean)} ± {fmt.format(std)}"
