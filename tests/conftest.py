@@ -18,8 +18,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The suite compiles a few thousand tiny programs, mostly eager ops. XLA:CPU's LLVM passes and
 # its fusion emitters are most of their compile time (measured: 7.2 s -> 4.5 s for five tiny
 # LMs' init + forward) and buy nothing at these sizes; the math is the same (no fast-math either
-# way, and the tolerances allow any summation order). These are XLA debug flags: a jaxlib that
-# drops one refuses to start, which `make lock` would show at once.
+# way, and the tolerances allow any summation order). XLA:CPU also splits each program's code
+# generation into parallel parts, whose hand-off costs more than it saves on programs this small
+# (measured: tests/test_lm_decode.py 46 s -> 39 s with one part). These are XLA debug flags: a
+# jaxlib that drops one refuses to start, which `make lock` would show at once.
 # The results tier (LATENT_ATTENTION_TEST_TIER=results, set by `make test-results`) trains the
 # real configs for minutes: there XLA's usual optimisations pay for themselves many times over.
 if ("xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
@@ -27,7 +29,8 @@ if ("xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
                                       "--xla_backend_optimization_level=0",
                                       "--xla_llvm_disable_expensive_passes=true",
-                                      "--xla_cpu_use_fusion_emitters=false"]).strip()
+                                      "--xla_cpu_use_fusion_emitters=false",
+                                      "--xla_cpu_parallel_codegen_split_count=1"]).strip()
 
 import jax.extend.core as jex  # noqa: E402
 import numpy as np  # noqa: E402
