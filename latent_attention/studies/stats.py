@@ -107,10 +107,10 @@ def paired(a, b) -> dict:
                      "per seed on both sides")
   d = np.asarray(a, float) - np.asarray(b, float)
   out = dict(diff=float(d.mean()), diff_low=None, diff_high=None, significant=None)
-  if len(d) >= 2 and np.var(d, ddof=1) > 0:
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    out.update(diff_low=out["diff"] - half, diff_high=out["diff"] + half,
-               significant=not out["diff"] - half <= 0.0 <= out["diff"] + half)
+  if len(d) >= 2 and np.var(d, ddof=1) > 0:  # no spread: no test (as in _compare).
+    ci = stats.ttest_rel(a, b).confidence_interval(CONFIDENCE)  # of mean(a - b).
+    out.update(diff_low=float(ci.low), diff_high=float(ci.high),
+               significant=not ci.low <= 0.0 <= ci.high)
   return out
 
 
