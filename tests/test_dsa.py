@@ -303,3 +303,16 @@ def test_study_table_aggregates_seeds_and_counts_bytes_read(tmp_path):
   assert "| scratch_top8 | DSA from scratch | 8 (T/4) |" in rendered
   with pytest.raises(ValueError, match="holds no finished run"):
     dsa_tables.quality_table(str(tmp_path / "none"), "cmd", "machine", "date")
+
+
+def test_the_published_tables_are_what_the_committed_runs_give():
+  """docs/results/dsa/{quality,decode}.json rebuilt from the runs' files in dsa/raw/."""
+  import json as json_lib
+  from latent_attention.studies import dsa_tables
+  pub = os.path.join(ROOT, "docs", "results", "dsa")
+  built = {"quality": dsa_tables.quality_table(os.path.join(pub, "raw"), "", "", ""),
+           "decode": dsa_tables.decode_table(os.path.join(pub, "raw", "decode.json"), "", "", "")}
+  for name, table in built.items():
+    with open(os.path.join(pub, f"{name}.json")) as f:
+      published = json_lib.load(f)
+    assert published["columns"] == table["columns"] and published["rows"] == table["rows"], name

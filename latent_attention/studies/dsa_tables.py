@@ -70,11 +70,9 @@ def quality_table(workdir: str, command: str, machine: str, date: str) -> dict:
   rows = [r for r in sweep_rows(workdir) if r.get("status") == "ok"]
   if not rows:
     raise ValueError(f"{workdir} holds no finished run of the DSA sweep (configs/sweeps/dsa.py)")
-  by_name = {}
+  by_name, by_seed = {}, {}
   for r in rows:
     by_name.setdefault(r["name"], r)
-  by_seed = {}
-  for r in rows:
     by_seed.setdefault(r["name"], {})[r.get("seed") or 0] = r["perplexity"]
   table_rows = []
   for agg in stats.aggregate(rows, reference="dense", metric="perplexity"):
@@ -100,8 +98,9 @@ def quality_table(workdir: str, command: str, machine: str, date: str) -> dict:
         agg.get("step_time_ms")])
   return {
       "command": command, "machine": machine, "date": date,
-      "provenance": "each run's result.json in the sweep's workdir (scripts/sweep.py), "
-                    "aggregated by studies/dsa_tables.py",
+      "provenance": "each run's result.json in the sweep's workdir (scripts/sweep.py; the "
+                    "published study's in docs/results/dsa/raw/), aggregated by "
+                    "studies/dsa_tables.py",
       "columns": ["run", "training", "top_k of T", "steps", "seeds",
                   "perplexity (mean ± std)", "Δ vs dense [95% CI, Welch]", "control",
                   "Δ vs control, paired by seed [95% CI]", "KV bytes / token",
