@@ -53,3 +53,24 @@ def test_an_unknown_policy_is_a_one_line_error():
   with pytest.raises(ValueError, match=r"^model.remat_policy='some' is invalid.*none, minimal, "
                      r"full[^\n]*$"):
     parse_config(cfg)
+
+
+def test_the_published_remat_table_is_the_committed_preflight_reports():
+  """docs/results/preflight/remat.json's numbers are the train-step reports in raw/ (GiB,
+  TFLOP, ms, %); 'none' is refused with the compiler's figure as its temporaries."""
+  import json
+  import os
+  from conftest import ROOT
+  pub = os.path.join(ROOT, "docs", "results", "preflight")
+  with open(os.path.join(pub, "remat.json")) as f:
+    rows = {r[0]: r for r in json.load(f)["rows"]}
+  for policy, row in rows.items():
+    with open(os.path.join(pub, "raw", f"remat_{policy}_v5e_2x2.json")) as f:
+      train = json.load(f)["steps"][0]
+    assert train["step"] == "train" and row[1].startswith("yes" if train["fits"] else "no")
+    if train["fits"]:
+      assert row[2:] == [train["temp_bytes"] / 2**30, train["peak_bytes"] / 2**30,
+                         train["flops"] / 1e12, train["est_step_s"] * 1e3,
+                         100 * train["est_mfu"]]
+    else:  # what the compiler said it needs.
+      assert row[2] == train["peak_bytes"] / 2**30 and row[3:] == [None] * 4
