@@ -11,14 +11,19 @@ step consumes: measured on this device at --small_batch, estimated for one v5e c
 H100 at 50% MFU from the step's XLA FLOPs. `v5e_headroom` = pipeline / v5e chip.
 `lm1b_packed` is configs/lm1b.py:mla's packing path over tiny_shakespeare's lines as documents
 (lm1b is not prepared offline; the per-batch cost does not depend on the text) with an
-8,000-piece tokenizer (the lines hold too few distinct pieces for 32k). With --loop, instead:
-train.py's loop time per step beside the blocked step's, in one process.
+8,000-piece tokenizer (the lines hold too few distinct pieces for 32k). With --ceilings (the
+default), this host's bounds per case: Grain's per-record floor at one record per batch, and
+the batch's bytes gathered alone on every core. With --loop, instead: train.py's loop time per
+step beside the blocked step's, alternating for --rounds rounds in one process.
 """
 
 import contextlib
+import datetime
 import json
 import os
+import sys
 import tempfile
+import time
 
 from absl import flags
 
@@ -45,12 +50,20 @@ _LOOP = flags.DEFINE_multi_string("loop", [], "A config spec (configs/FILE:ARG; 
                                   "(bench/input.py loop_vs_step).")
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 200, "Loop steps per --loop config.",
                                    lower_bound=8)
-_OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the rows.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating loop / blocked-step rounds per --loop "
+                                "config (the ratio is their median).", lower_bound=1)
+_CEILINGS = flags.DEFINE_bool("ceilings", True, "Also measure this host's ceilings per case: "
+                              "Grain's per-record floor and the batch's bytes gathered alone.")
+_OUTPUT = flags.DEFINE_string("output", None, "Optional raw JSON file: command, machine, date, "
+                              "wall time and the rows (studies/input_tables.py builds the "
+                              "page's tables from it).")
 
 
 def main(argv):
   del argv
-  from latent_attention.bench import input as input_bench  # JAX loads after flag parsing.
+  start = time.perf_counter()
+  # JAX loads after flag parsing.
+  from latent_attention.bench import decode as decode_bench, input as input_bench
   unknown = [c for c in _CASES.value if c not in CASES]
   if unknown:
     raise ValueError(f"--cases={unknown[0]} is invalid: choose from {', '.join(CASES)}")
@@ -58,10 +71,11 @@ def main(argv):
   for spec in _LOOP.value:
     with tempfile.TemporaryDirectory() as workdir:
       row = input_bench.loop_vs_step(config_files.load(os.path.join(_ROOT, "configs", spec)),
-                                     workdir, _LOOP_STEPS.value)
+                                     workdir, _LOOP_STEPS.value, rounds=_ROUNDS.value)
     rows.append({"config": spec, **row})
-    print(f"{spec:>32}: loop {row['loop_step_ms']:.2f} ms/step, blocked step "
-          f"{row['blocked_step_ms']:.2f}, ratio {row['loop_over_blocked']:.3f}", flush=True)
+    ratios = ", ".join(f"{r['loop_over_blocked']:.3f}" for r in row["rounds"])
+    print(f"{spec:>32}: loop / blocked step per round {ratios}; median "
+          f"{row['loop_over_blocked']:.3f}", flush=True)
   with tempfile.TemporaryDirectory() as cache:
     for name in [] if _LOOP.value else _CASES.value:
       spec, overrides = CASES[name]
@@ -73,7 +87,7 @@ def main(argv):
               if name == "lm1b_packed" else contextlib.nullcontext())
       with text:
         for row in input_bench.benchmark(config, _BATCHES.value, _SMALL.value,
-                                         [int(w) for w in _WORKERS.value]):
+                                         [int(w) for w in _WORKERS.value], _CEILINGS.value):
           rows.append({"case": name, "config": spec, **row})
           print(f"{name:>26} workers={row['worker_count']} batch={row['batch']}: "
                 f"{row['ms_per_batch']:.2f} ms/batch, {row['examples_per_s']:,.0f} ex/s, "
@@ -82,9 +96,17 @@ def main(argv):
                 f"{row['h100_examples_per_s']:,.0f} (est.), here "
                 f"{row['this_device_examples_per_s']:,.1f} | headroom "
                 f"{row['v5e_headroom']:.1f}x", flush=True)
-  if _OUTPUT.value:
+          if "grain_record_us" in row:
+            print(f"{'':>26} ceilings: Grain {row['grain_record_us']:.0f} us/record -> "
+                  f"{row['grain_ceiling_examples_per_s']:,.0f} ex/s; gather alone "
+                  f"({row['bytes_per_example']:,} B/example) "
+                  f"{row['gather_ceiling_examples_per_s']:,.0f} ex/s", flush=True)
+  if _OUTPUT.value:  # the raw file of studies/input_tables.py.
     with open(_OUTPUT.value, "w") as f:
-      json.dump(rows, f, indent=2)
+      json.dump({"command": " ".join(["python", *sys.argv]),
+                 "machine": decode_bench.device_name(),
+                 "date": datetime.date.today().isoformat(),
+                 "wall_s": time.perf_counter() - start, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

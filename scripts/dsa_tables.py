@@ -12,7 +12,6 @@ Writes quality.json (and, with --decode_json, decode.json) to --output_dir.
 """
 
 import datetime
-import json
 import os
 import platform
 
@@ -38,7 +37,7 @@ flags.mark_flags_as_required(["workdir", "output_dir"])
 
 def main(argv):
   del argv
-  from latent_attention.studies import dsa_tables  # pylint: disable=import-outside-toplevel
+  from latent_attention.studies import dsa_tables, pages  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(_WORKDIR.value):
     raise ValueError(f"--workdir={_WORKDIR.value} is invalid: no such directory")
   date = datetime.date.today().isoformat()
@@ -47,12 +46,7 @@ def main(argv):
   if _DECODE_JSON.value:
     tables["decode"] = dsa_tables.decode_table(_DECODE_JSON.value, _DECODE_COMMAND.value,
                                                _MACHINE.value, date)
-  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  for name, table in tables.items():
-    path = os.path.join(_OUTPUT_DIR.value, f"{name}.json")
-    with open(path, "w") as f:
-      json.dump(table, f, indent=2, ensure_ascii=False)
-      f.write("\n")
+  for path in pages.write_tables(_OUTPUT_DIR.value, tables):
     print(f"wrote {path}")
 
 

@@ -88,3 +88,59 @@ def test_input_benchmark_reports_both_rates():
   assert row["flops_per_example"] > 0 and row["this_device_examples_per_s"] > 0
   # The same FLOPs against a larger data-sheet peak (float32: 495 against 197 TFLOP/s).
   assert row["h100_examples_per_s"] > row["v5e_examples_per_s"] > 0
+
+
+def test_ceilings_count_the_batch_bytes_and_the_loader_alone():
+  from latent_attention.bench import input as input_bench
+  batch = {"inputs": np.ones((4, 8), np.int32), "weights": np.ones((4, 8), np.float32),
+           "label": np.zeros((4,), np.uint8)}
+  # The loader of the record-floor measurement yields the record itself, unchanged.
+  assert _same(next(iter(sources.batch_loader(input_bench._SameBatch(batch)))), batch)
+  c = input_bench.ceilings(batch, pool_bytes=2 ** 16, seconds=0.01)
+  assert c["bytes_per_example"] == 8 * 4 + 8 * 4 + 1
+  assert c["grain_ceiling_examples_per_s"] == pytest.approx(4e6 / c["grain_record_us"])
+  assert c["gather_ceiling_examples_per_s"] >= c["gather_one_core_examples_per_s"] > 0
+
+
+@pytest.mark.e2e
+def test_loop_vs_step_alternates_rounds(tmp_path):
+  from latent_attention.bench import input as input_bench
+  from conftest import runlocal
+  row = input_bench.loop_vs_step(runlocal(), str(tmp_path), steps=8, windows=2, rounds=2)
+  assert len(row["rounds"]) == 2 and all((tmp_path / f"round_{r}").is_dir() for r in (0, 1))
+  for r in row["rounds"]:  # the first of the 2 windows is warm-up, dropped.
+    assert len(r["loop_windows_ms"]) == 1 and r["loop_step_ms"] == r["loop_windows_ms"][0]
+    assert r["loop_over_blocked"] == pytest.approx(r["loop_step_ms"] / r["blocked_step_ms"])
+  ratios = sorted(r["loop_over_blocked"] for r in row["rounds"])
+  assert row["loop_over_blocked"] == pytest.approx(sum(ratios) / 2)  # median of two.
+
+
+def test_published_tables_are_rebuilt_from_their_raw_files():
+  """docs/results/input_pipeline/{ceiling,loop}.json from the benchmark's files in raw/."""
+  import json
+  import os
+  from latent_attention.studies import input_tables
+  from conftest import ROOT
+  pub = os.path.join(ROOT, "docs", "results", "input_pipeline")
+  for table, raw, build in (("ceiling", "pipeline", input_tables.ceiling_table),
+                            ("loop", "loop", input_tables.loop_table)):
+    with open(os.path.join(pub, f"{table}.json")) as f:
+      published = json.load(f)
+    assert build(input_tables.load(os.path.join(pub, "raw", f"{raw}.json"))) == published
+
+
+def test_the_ceiling_table_names_the_bound_that_binds():
+  from latent_attention.studies import input_tables
+  row = {"case": "c", "batch": [4, 8], "bytes_per_example": 64, "worker_count": 0,
+         "v5e_examples_per_s": 100.0, "v5e_headroom": 0.5, "examples_per_s": 50.0,
+         "grain_ceiling_examples_per_s": 5000.0, "gather_ceiling_examples_per_s": 5000.0}
+  cases = [({}, "no: the pipeline's own work"), ({"examples_per_s": 1000.0}, "yes"),
+           ({"grain_ceiling_examples_per_s": 999.0}, "no: Grain's per-record floor"),
+           ({"grain_ceiling_examples_per_s": 999.0, "gather_ceiling_examples_per_s": 999.0},
+            "no: the batch's bytes alone")]
+  raw = {"command": "c", "machine": "m", "date": "d", "wall_s": 60.0}
+  for change, verdict in cases:
+    (cells,) = input_tables.ceiling_table({**raw, "rows": [{**row, **change}]})["rows"]
+    assert cells[-1].startswith(verdict) and cells[4] == 1000.0  # 10 x the v5e chip's rate.
+  with pytest.raises(ValueError, match="no ceilings"):
+    input_tables.ceiling_table({**raw, "rows": [{"worker_count": 0}]})

@@ -158,7 +158,12 @@ def batch_train_loader(records, batch_size: int, seed: int, operations=(),
   per batch (`ArrayBatches`); `operations` map whole batches. Grain's reader threads keep
   `read_ahead` batches ready (its default, 500 records, would hold 750 MB of lm1b batches),
   one thread per batch in flight (more could not run: Grain warns)."""
-  batches = ArrayBatches(records, batch_size, seed)
+  return batch_loader(ArrayBatches(records, batch_size, seed), operations, worker_count,
+                      read_ahead)
+
+
+def batch_loader(batches, operations=(), worker_count: int = 0, read_ahead: int = 8):
+  """Grain's `DataLoader` over `batches` (record j = batch j), in order, endlessly."""
   sampler = grain.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=None,
                                shard_options=grain.NoSharding())
   return grain.DataLoader(data_source=batches, sampler=sampler, operations=operations,

@@ -116,6 +116,20 @@ def load_table(path: str | pathlib.Path) -> dict[str, Any]:
   return spec
 
 
+def write_tables(output_dir: str | pathlib.Path, tables: dict[str, dict[str, Any]]) -> list:
+  """Writes each table as `output_dir/<name>.json` (the files pages render); returns the paths."""
+  output_dir = pathlib.Path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for name, spec in tables.items():
+    path = output_dir / f"{name}.json"
+    with path.open("w", encoding="utf-8") as f:
+      json.dump(spec, f, indent=2, ensure_ascii=False)
+      f.write("\n")
+    paths.append(path)
+  return paths
+
+
 def render_table_file(path: str | pathlib.Path) -> str:
   spec = load_table(path)
   try:
