@@ -9,7 +9,7 @@ WORKDIR ?= workdirs/lm_shakespeare_mla
 # Parallel test workers: one per core (pytest-xdist); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto
 
-.PHONY: venv preflight-deps train train-multiprocess test test-results eval lock clean
+.PHONY: venv preflight-deps train train-multiprocess test test-e2e test-results eval lock clean
 
 venv: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ eval: venv  ## Evaluate the latest checkpoint of $(WORKDIR) (eval_results.json t
 # The fast tier. pytest's exit code 5 (no test collected) counts as a failure.
 test: venv preflight-deps  ## The fast tier, on every core.
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-e2e: venv preflight-deps  ## The end-to-end tier: scripts, trainings, 2 processes, pre-flight compiles.
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m e2e --durations=5 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-results: venv  ## The results tier: real trainings guarding the published results (minutes).

@@ -80,6 +80,7 @@ def outputs(tmp_path_factory):
   return out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case,argv,expected", CASES, ids=[c[0] for c in CASES])
 def test_user_error_is_one_line(outputs, case, argv, expected):
   del argv
@@ -99,6 +100,7 @@ def test_traceback_flag_shows_the_traceback(tmp_path):
   assert "Traceback" in out.stderr and "config argument 'mlaa' is invalid" in out.stderr
 
 
+@pytest.mark.e2e
 def test_resuming_another_model_is_refused(trained_lm, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_lm, workdir)

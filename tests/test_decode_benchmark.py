@@ -5,9 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from latent_attention import config_files
 
 from conftest import F32_EPS, ROOT, lm_terms
+
+pytestmark = pytest.mark.e2e  # each test runs the benchmark script end to end.
 
 FIELDS = {"variant", "context", "batch", "prefill_tokens", "prefill_s", "prefill_tokens_per_s",
           "decode_ms_per_step", "decode_tokens_per_s", "cache_bytes_per_sequence",

@@ -67,6 +67,7 @@ FULL_DISK = [
 
 @pytest.mark.parametrize("failing_step, error", FULL_DISK, ids=["step10-OSError",
                                                                  "step20-ValueError"])
+@pytest.mark.e2e
 def test_full_disk_during_a_save_stops_in_one_line_and_the_rerun_resumes(
     trained_lm, tmp_path, monkeypatch, caplog, failing_step, error):
   workdir = str(tmp_path / "run")
@@ -150,6 +151,7 @@ train_and_evaluate(runlocal(), workdir)
 """
 
 
+@pytest.mark.e2e
 def test_sigkill_during_an_asynchronous_save_resumes_from_the_last_complete_checkpoint(
     trained_lm, tmp_path, caplog):
   workdir, marker = str(tmp_path / "run"), str(tmp_path / "saving")

@@ -64,6 +64,7 @@ def runs(tmp_path_factory):
   return multi, single, out
 
 
+@pytest.mark.e2e
 def test_two_processes_train_like_one(runs):
   multi, single, out = runs
   assert "[0] " in out and "[1] " in out  # the launcher prefixes each process's lines.
@@ -90,6 +91,7 @@ def test_two_processes_train_like_one(runs):
   assert gap <= 1e-6, gap
 
 
+@pytest.mark.e2e
 def test_eval_restores_the_two_process_checkpoint(runs):
   multi, _, _ = runs
   out = subprocess.run([sys.executable, "eval.py", f"--workdir={multi}"], cwd=ROOT,

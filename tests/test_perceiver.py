@@ -316,6 +316,7 @@ def test_default_config_parameters_stop_growing_after_the_first_repeat():
   assert cfg.preprocess == "conv" and counts[0] < counts[1] == counts[2]
 
 
+@pytest.mark.e2e
 def test_runlocal_training_on_fashion_mnist_beats_chance(tmp_path):
   """The default preprocessor (conv) through the training loop and the in-memory pipeline; every
   preprocessor learns the quadrant task above."""

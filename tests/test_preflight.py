@@ -46,6 +46,7 @@ def _check_train(report, target, fsdp):
     assert report.collectives["reduce-scatter"]["count"] > 0
 
 
+@pytest.mark.e2e
 def test_runlocal_train_step_compiles_for_v5e_and_a_bigger_batch_needs_more_memory():
   """fsdp 1 and 2 on a v5e:2x2; the fsdp-1 compile is also the small side of the batch test
   (one test, so the compile is shared whatever worker runs it)."""
@@ -56,10 +57,12 @@ def test_runlocal_train_step_compiles_for_v5e_and_a_bigger_batch_needs_more_memo
   assert big.peak_bytes > small.peak_bytes and big.flops > small.flops
 
 
+@pytest.mark.e2e
 def test_runlocal_train_step_compiles_for_h100():
   _check_train(_train("h100:1x1x1"), "h100:1x1x1", 1)
 
 
+@pytest.mark.e2e
 def test_script_one_line_when_it_does_not_fit(tmp_path):
   # 2M x 2048 float32 embeddings (16 GiB) with their Adam moments on one 16 GiB v5e chip.
   out = tmp_path / "preflight.json"
@@ -107,6 +110,7 @@ def test_decode_arguments_are_cache_plus_weights(kind):
                                                                      expected)
 
 
+@pytest.mark.e2e
 def test_find_batch_is_the_largest_that_fits():
   # T = 2048 over a 1M vocabulary: 8 GiB of float32 logits a sequence, so one fits a 16 GiB
   # chip and two do not; from a guess of 2, two compiles (2, then 1).

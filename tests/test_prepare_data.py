@@ -45,6 +45,7 @@ def raw_test_digests(name):
   return {hashlib.sha256(image.tobytes()).hexdigest() for image in images}
 
 
+@pytest.mark.e2e
 @needs_raw
 def test_prepared_datasets_match_references_and_fashion_mnist_is_not_mnist(tmp_path):
   """All three in one call (each subprocess pays a TensorFlow import): tiny_shakespeare equals

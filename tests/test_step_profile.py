@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from latent_attention.bench import step_profile
 
 from conftest import ROOT
@@ -16,6 +18,7 @@ def test_categories_follow_jax_autodiff_names():
   assert step_profile._category("jit(train_step)/mul") == "optimizer and other"
 
 
+@pytest.mark.e2e
 def test_benchmark_profile_runs_and_splits_the_step(tmp_path):
   out = tmp_path / "bench.json"
   proc = subprocess.run(

@@ -53,6 +53,7 @@ def _csv(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.e2e
 def test_sweep_end_to_end_rerun_skips_and_failure_is_reported(tiny_sweep, tmp_path,
                                                                monkeypatch):
   workdir = str(tmp_path / "sweep")
