@@ -187,6 +187,20 @@ def test_sigkill_during_an_asynchronous_save_resumes_from_the_last_complete_chec
   assert train(workdir) == train(trained_lm)
 
 
+def test_steps_logged_again_after_a_resume_are_read_once_from_the_resumed_run(tmp_path):
+  # A run killed after logging step 20 of 20 resumes from its step-10 checkpoint and logs the
+  # steps after it again (same losses, later times): readers see each step once, the last.
+  line = lambda split, step, t, **m: {"step": step, "time": t, "split": split, **m}  # noqa: E731
+  first = [line("model", 0, 0.0, params=5.0), line("train", 5, 1.0, loss=3.0),
+           line("train", 10, 2.0, loss=2.5), line("eval", 10, 2.5, loss=2.6),
+           line("train", 15, 3.0, loss=2.2), line("train", 20, 4.0, loss=2.0)]
+  resumed = [line("model", 10, 9.0, params=5.0), line("train", 15, 10.0, loss=2.2),
+             line("train", 20, 11.0, loss=2.0), line("eval", 20, 11.5, loss=2.1)]
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps(m) + "\n" for m in first + resumed)
+  assert metrics_lib.read_metrics(str(tmp_path)) == first[:4] + resumed
+
+
 def test_a_metrics_line_cut_short_is_skipped_and_new_lines_start_after_it(trained_lm, tmp_path,
                                                                            caplog):
   workdir = str(tmp_path / "run")

@@ -55,8 +55,12 @@ def _ends_mid_line(path: str) -> bool:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """All lines of a workdir's metrics.jsonl (empty if none). A line that is not a whole JSON
-  object (one cut short by a crash while it was written) is skipped with a warning."""
+  """The lines of a workdir's metrics.jsonl (empty if none), one per split and step.
+
+  A run resumed from its checkpoint at step N logs again the steps after N that the stopped run
+  had logged: of the lines of one split and step only the last is kept, where it stands, so
+  curves do not run back. A line that is not a whole JSON object (one cut short by a crash while
+  it was written) is skipped with a warning."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
@@ -74,7 +78,8 @@ def read_metrics(workdir: str) -> list[dict]:
       else:
         logging.warning("%s line %d is not a whole JSON object (cut short by a crash?); "
                         "skipped: %.60r", path, number, text)
-  return lines
+  last = {(m.get("split"), m.get("step")): i for i, m in enumerate(lines)}
+  return [m for i, m in enumerate(lines) if last[m.get("split"), m.get("step")] == i]
 
 
 def format_duration(seconds: float) -> str:
