@@ -55,7 +55,7 @@ def step_rate(config, dataset, first_batch, small_batch: int, repeats: int = 3) 
   state = exp.init_state(jax.random.key(0))
   batch = exp.to_global({k: v[:small_batch] for k, v in first_batch.items()})
   compiled = exp.train_step.lower(state, batch).compile()
-  flops = peaks.xla_flops(compiled) / small_batch
+  flops = peaks.step_flops(exp.train_step, compiled, state, batch) / small_batch
 
   def train_step():
     nonlocal state

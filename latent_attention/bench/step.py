@@ -22,7 +22,7 @@ def benchmark(config, steps: int = 50, warmup: int = 5, peak_tflops: float = 0.0
   batch = exp.to_global(next(data_iter))
   compiled = exp.train_step.lower(state, batch).compile()
   tokens = config.train.batch_size * exp.dataset.tokens_per_example()
-  flops_per_token = peaks.xla_flops(compiled) / tokens
+  flops_per_token = peaks.step_flops(exp.train_step, compiled, state, batch) / tokens
   # cuDNN's fused (flash) attention appears as custom calls in the compiled step: the check
   # that the core's "cudnn" choice (attention/core.py) reached the GPU kernel.
   cudnn_attention_calls = len(re.findall(r'custom_call_target="__cudnn\$fmha',

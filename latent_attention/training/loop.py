@@ -285,7 +285,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    dynamic_ncols=True) as bar:
       if batch is not None:
         compiled = exp.train_step.lower(state, batch).compile()
-        flops = peaks.xla_flops(compiled) / progress.tokens_per_step
+        flops = (peaks.step_flops(exp.train_step, compiled, state, batch)
+                 / progress.tokens_per_step)
         peak, source = peaks.peak_tflops(config.model.get("dtype", "float32"))
         progress.flops_per_token, progress.peak_flops = flops, peak * 1e12
         logging.info("XLA FLOPs per token of the train step: %.4g; MFU against %.4g TFLOP/s "

@@ -1,9 +1,10 @@
 """Device peak FLOP/s, the denominator of model FLOPs utilisation (MFU).
 
 MFU (Chowdhery et al. 2022, PaLM, appendix B) = achieved FLOP/s of the train step / the peak of
-the devices it runs on. Achieved FLOP/s is XLA's count of the compiled step's FLOPs (forward,
-backward and optimizer; this codebase rematerialises nothing, so it is the model's FLOPs plus
-the elementwise work) divided by the step time (docs/design.md, Measurements).
+the devices it runs on. Achieved FLOP/s is XLA's count of the step's FLOPs (forward, backward
+and optimizer: the model's FLOPs plus the elementwise work, and with `model.remat_policy` the
+recomputed forward) divided by the step time (docs/design.md, Measurements). The count is of the
+compiled program, except on a GPU (`step_flops`).
 
 Peaks are per chip, dense (no 2:4 sparsity), from the vendors' data sheets. On these GPUs a
 float32 matmul at JAX's default precision runs on the TF32 tensor cores, and on TPUs as one
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from latent_attention import timing
+from latent_attention.attention import core
 from latent_attention.models.lm import DTYPES
 
 # (device_kind prefix, bfloat16 TFLOP/s, float32 TFLOP/s), most specific prefix first.
@@ -68,6 +70,31 @@ def xla_flops(compiled) -> float:
   shardings = jax.tree.leaves(getattr(compiled, "input_shardings", ()))
   devices = len(shardings[0].device_set) if shardings else 1
   return devices * float((analysis or {}).get("flops", float("nan")))
+
+
+def step_flops(jitted, compiled, *args) -> float:
+  """FLOPs of one call of `jitted(*args)` on all devices, `compiled` being its compiled program.
+
+  XLA's count of the compiled program, except on a GPU: there the matmuls and attention become
+  cuBLAS and cuDNN calls, which XLA's cost analysis does not count (on an H200 it saw ~1/340
+  of the step: docs/results/h200.md). There the same step is lowered for the CPU (attention
+  through XLA, core.target_platform) and its whole, unpartitioned program counted before
+  optimisation: within 2% of the compiled CPU count (tests/test_peaks.py).
+  """
+  shardings = jax.tree.leaves(compiled.input_shardings)
+  platform = next(iter(shardings[0].device_set)).platform if shardings else jax.default_backend()
+  return cpu_flops(jitted, *args) if platform == "gpu" else xla_flops(compiled)
+
+
+def cpu_flops(jitted, *args) -> float:
+  """FLOPs of `jitted(*args)` lowered for the CPU, counted by XLA before optimisation."""
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+  token = core.target_platform.set("cpu")
+  try:
+    lowered = jax.jit(jitted.__wrapped__).trace(*shapes).lower(lowering_platforms=("cpu",))
+  finally:
+    core.target_platform.reset(token)
+  return xla_flops(lowered)
 
 
 def _fastest(fn, x, repeats: int) -> float:
