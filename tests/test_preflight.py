@@ -129,3 +129,17 @@ def test_sweep_preflight_table(tmp_path):
   assert [r[0] for r in table["rows"]] == ["mla_c32"]
   assert all(r[3] == "yes" and r[4] > 0 and r[6] > 0 for r in table["rows"])
   assert (tmp_path / "preflight_v5e_2x2.md").read_text().count("| yes |") == 1
+
+
+@pytest.mark.e2e
+def test_the_compilers_leave_the_environment_as_it_was():
+  # What libtpu sets while loading (TPU_LIBRARY_PATH) would reach every subprocess started
+  # later, whose TensorFlow would then load libtpu too and warn about missing TPU host bounds.
+  # A fresh process: libtpu loads, and sets it, once per process.
+  code = ("import os; from latent_attention.bench import preflight; before = dict(os.environ); "
+          "assert preflight.devices('v5e:1x1') and preflight.devices('h100:1x1x1'); "
+          "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "[]"

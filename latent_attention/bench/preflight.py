@@ -16,6 +16,7 @@ before partitioning, divided by the chips (unfused: its bytes are an upper bound
 is a roofline estimate, max(FLOPs / peak, bytes / HBM bandwidth), and its MFU an upper bound.
 """
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -73,11 +74,31 @@ def devices(target_name: str) -> tuple:
   if not extras_available():
     raise ValueError(MISSING)
   from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   if not xla_bridge.backends_are_initialized() and jax.config.jax_platforms is None:
     jax.config.update("jax_platforms", "cpu")  # no probing for the chips compiled for.
   if os.path.isdir(EXTRAS_DIR) and EXTRAS_DIR not in sys.path:
     sys.path.append(EXTRAS_DIR)
+  with _environ_restored():
+    return _topology_devices(target, target_name)
+
+
+@contextlib.contextmanager
+def _environ_restored():
+  """The process environment as it was, after the block: what the compilers set while loading
+  (libtpu's TPU_LIBRARY_PATH, the variables below) would reach every subprocess started later
+  (a training run, a test's script), whose TensorFlow then loads libtpu and warns it finds no
+  TPU host bounds."""
+  before = dict(os.environ)
+  try:
+    yield
+  finally:
+    os.environ.clear()
+    os.environ.update(before)
+
+
+def _topology_devices(target, target_name: str) -> tuple:
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no metadata server to ask.
   # libtpu takes a lock file for the chips it drives; compiling drives none, and several
   # processes (test workers, a sweep beside a script) may compile at once.
