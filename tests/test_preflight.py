@@ -143,3 +143,25 @@ def test_the_compilers_leave_the_environment_as_it_was():
                         check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "[]"
+
+
+def test_collectives_count_result_bytes_of_every_form_the_tpu_compiler_emits():
+  hlo = "\n".join([
+      "ENTRY %main (p: f32[8]) -> f32[8] {",
+      # A plain all-reduce of two arrays: both are results.
+      "  %ar = (f32[1024]{0}, f32[16]{0}) all-reduce(%a, %b), replica_groups={}",
+      # An async all-gather: (operand, result), the result counted.
+      "  %ag = (bf16[4,8]{1,0}, bf16[32,8]{1,0}) all-gather-start(%c), dimensions={0}",
+      # A collective matmul's ring step: (operand, result, sync flags).
+      "  %cp = (bf16[12,64,1,32]{1,3,2,0}, bf16[12,64,1,32]{1,3,2,0}, u32[]{:S(2)}, u32[]{:S(2)})"
+      " collective-permute-start(%d), source_target_pairs={{0,1},{1,0}}",
+      "}",
+      # The TPU compiler's reduce-scatter: an all-reduce inside all-reduce-scatter.
+      "%all-reduce-scatter.1 (x: f32[64]) -> f32[8] {",
+      "  %inner = f32[64]{0} all-reduce(%x), replica_groups={}",
+      "}"])
+  counted = preflight.collectives(hlo)
+  assert counted["all-reduce"] == {"count": 1, "bytes": 4 * (1024 + 16)}
+  assert counted["all-gather"] == {"count": 1, "bytes": 2 * 32 * 8}
+  assert counted["collective-permute"] == {"count": 1, "bytes": 2 * 12 * 64 * 32}
+  assert counted["reduce-scatter"] == {"count": 1, "bytes": 4 * 8}

@@ -42,7 +42,7 @@ EXTRAS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), ".venv", "preflight")
 MISSING = ("the pre-flight compilers are not installed: run `make preflight-deps` (libtpu and "
            "jax-cuda12-plugin, Linux x86-64 only)")
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
              "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 
@@ -158,9 +158,11 @@ class Report:
 
 def collectives(hlo_text: str) -> dict:
   """{op: {count, bytes}} of the collectives of an optimized HLO module (result bytes; an async
-  all-gather's (operand, result) tuple counts its result). The TPU compiler fuses a reduce-scatter
-  into an `all-reduce-scatter` computation around an all-reduce: counted as a reduce-scatter of
-  that computation's result."""
+  start's (operand, result[, sync flags]) tuple counts its result). The TPU compiler fuses a
+  reduce-scatter into an `all-reduce-scatter` computation around an all-reduce: counted as a
+  reduce-scatter of that computation's result. It also splits an all-gather or a reduce-scatter
+  beside a matmul into a ring of collective-permutes overlapped with partial products (XLA's
+  collective matmul; at fsdp 8 on a v5e:2x4 most of the gradient reduction): counted as such."""
   out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
   pattern = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
   header = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.-]+)\s*\(.*\)\s*->\s*(.*?)\s*\{\s*$")
@@ -177,8 +179,9 @@ def collectives(hlo_text: str) -> dict:
     if fused_result is not None and op == "all-reduce":
       op, shape = "reduce-scatter", fused_result
     arrays = re.findall(r"(\w+)\[([\d,]*)\]", shape)
-    if start and op == "all-gather" and len(arrays) > 1:
-      arrays = arrays[len(arrays) // 2:]
+    if start and op in ("all-gather", "collective-permute") and len(arrays) > 1:
+      arrays = [a for a in arrays if a[1]]  # a collective-permute's u32[] sync flags.
+      arrays = arrays[len(arrays) // 2:]  # (operands, results): an all-reduce's are results.
     out[op]["count"] += 1
     out[op]["bytes"] += sum(_ITEMSIZE.get(t, 4) * int(np.prod([int(d) for d in dims.split(",")
                                                                if d] or [1]))
