@@ -165,3 +165,13 @@ def test_collectives_count_result_bytes_of_every_form_the_tpu_compiler_emits():
   assert counted["all-gather"] == {"count": 1, "bytes": 2 * 32 * 8}
   assert counted["collective-permute"] == {"count": 1, "bytes": 2 * 12 * 64 * 32}
   assert counted["reduce-scatter"] == {"count": 1, "bytes": 4 * 8}
+
+
+def test_the_published_fsdp_table_is_the_committed_preflight_reports():
+  from latent_attention.studies import preflight_tables
+  pub = os.path.join(ROOT, "docs", "results", "preflight")
+  with open(os.path.join(pub, "fsdp_v5e_2x4.json")) as f:
+    published = json.load(f)
+  built = preflight_tables.fsdp_table(os.path.join(pub, "raw"))
+  assert built["rows"] == published["rows"] and built["columns"] == published["columns"]
+  assert [r[0] for r in built["rows"]] == [1, 2, 4, 8]
