@@ -136,8 +136,11 @@ def test_the_ceiling_table_names_the_bound_that_binds():
          "grain_ceiling_examples_per_s": 5000.0, "gather_ceiling_examples_per_s": 5000.0}
   cases = [({}, "no: the pipeline's own work"), ({"examples_per_s": 1000.0}, "yes"),
            ({"grain_ceiling_examples_per_s": 999.0}, "no: Grain's per-record floor"),
-           ({"grain_ceiling_examples_per_s": 999.0, "gather_ceiling_examples_per_s": 999.0},
-            "no: the batch's bytes alone")]
+           ({"gather_ceiling_examples_per_s": 999.0}, "no: the batch's bytes alone"),
+           ({"grain_ceiling_examples_per_s": 998.0, "gather_ceiling_examples_per_s": 999.0},
+            "no: Grain's per-record floor, at one record per batch; and the batch's bytes"),
+           ({"grain_ceiling_examples_per_s": 999.0, "gather_ceiling_examples_per_s": 998.0},
+            "no: the batch's bytes alone (this host's memory traffic); and Grain's")]
   raw = {"command": "c", "machine": "m", "date": "d", "wall_s": 60.0}
   for change, verdict in cases:
     (cells,) = input_tables.ceiling_table({**raw, "rows": [{**row, **change}]})["rows"]

@@ -83,8 +83,7 @@ class BatchSlices:
   def __init__(self, num_records: int, batch_size: int, seed: int):
     self._shuffle = grain.IndexSampler(num_records=num_records, shuffle=True, num_epochs=None,
                                        seed=seed, shard_options=grain.NoSharding())
-    # The same permutation as bare keys: IndexSampler's per-record metadata costs ~100 us.
-    self._keys = grain.MapDataset.range(num_records).shuffle(seed=seed)
+    self._n, self._seed = num_records, seed
     self._batch, self._local = batch_size, per_process_batch(batch_size)
     self._first = jax.process_index() * self._local
     # On one process the stream is the one grain's ShardByJaxProcess sampler gave before
@@ -107,9 +106,20 @@ class BatchSlices:
   def __getitem__(self, i):
     return self._shuffle[self._global_index(i)]
 
-  def record_key(self, i: int) -> int:
-    """`self[i].record_key`, ten times faster."""
-    return self._keys[self._global_index(i)]
+  def record_keys(self, first: int, count: int) -> np.ndarray:
+    """`self[i].record_key` for i in first .. first + count - 1, as int64.
+
+    The permutation IndexSampler's shuffle draws (tests/test_multiprocess.py compares them past
+    the first epoch): epoch e is Grain's `index_shuffle` keyed by seed + e, called here once per
+    record (~3 us) without `MapDataset.shuffle`'s per-record bookkeeping (~10 us) or
+    IndexSampler's metadata (~100 us).
+    """
+    keys = np.empty(count, np.int64)
+    for r in range(count):
+      epoch, k = divmod(self._global_index(first + r), self._n)
+      keys[r] = grain.experimental.index_shuffle(k, max_index=self._n - 1,
+                                                 seed=(self._seed + epoch) % 2 ** 32, rounds=4)
+    return keys
 
   def _global_index(self, i):
     j, r = divmod(int(i), self._local)
@@ -137,10 +147,7 @@ class ArrayBatches(grain.RandomAccessDataSource):
     return f"ArrayBatches({self._records!r}, batch={self._local}, seed={self._seed})"
 
   def __getitem__(self, j):
-    first = int(j) * self._local
-    keys = np.fromiter((self._sampler.record_key(first + r) for r in range(self._local)),
-                       np.int64, self._local)
-    return gather(self._records, keys)
+    return gather(self._records, self._sampler.record_keys(int(j) * self._local, self._local))
 
 
 def gather(records, keys: np.ndarray):
