@@ -146,14 +146,19 @@ class Report:
     gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
     if not self.fits:
       return f"{self.target} {self.step} batch {self.batch}: does not fit: {self.message}"
-    coll = ", ".join(f"{k} {v['count']}x {v['bytes'] / 2**20:.1f} MiB"
-                     for k, v in self.collectives.items() if v["count"]) or "none"
+    coll = format_collectives(self.collectives)
     return (f"{self.target} {self.step} batch {self.batch}: fits, per chip arguments "
             f"{gib(self.argument_bytes)} + temporaries {gib(self.temp_bytes)} + outputs "
             f"{gib(self.output_bytes)}, peak {gib(self.peak_bytes)} of "
             f"{gib(self.hbm_capacity_bytes)}; {self.flops:.3g} FLOP and "
             f"{self.bytes_accessed:.3g} B a step; est. (roofline) {self.est_step_s * 1e3:.2f} "
             f"ms/step, MFU <= {self.est_mfu:.0%}; collectives: {coll}")
+
+
+def format_collectives(counted: dict, mib: str = "{:.1f}") -> str:
+  """'all-reduce 5x 250.0 MiB, ...' of `collectives`' counts: the ones the program runs."""
+  return ", ".join(f"{op} {c['count']}x {mib.format(c['bytes'] / 2**20)} MiB"
+                   for op, c in counted.items() if c["count"]) or "none"
 
 
 def collectives(hlo_text: str) -> dict:

@@ -10,17 +10,12 @@ import json
 import os
 import re
 
+from latent_attention.bench.preflight import format_collectives
 from latent_attention.studies import pages
 
 _PUB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                     "docs", "results", "preflight")
-GIB, MIB = 2 ** 30, 2 ** 20
-
-
-def collectives_cell(collectives: dict) -> str:
-  """'all-reduce 5x 250 MiB, ...': each collective the program runs, per chip and step."""
-  return ", ".join(f"{op} {c['count']}x {c['bytes'] / MIB:,.0f} MiB"
-                   for op, c in collectives.items() if c["count"]) or "none"
+GIB = 2 ** 30
 
 
 def fsdp_table(raw_dir: str = os.path.join(_PUB, "raw"), target: str = "v5e:2x4",
@@ -33,14 +28,14 @@ def fsdp_table(raw_dir: str = os.path.join(_PUB, "raw"), target: str = "v5e:2x4"
     raise ValueError(f"no raw/fsdp<F>_{name}.json in {raw_dir}: run scripts/preflight.py "
                      f"--target={target} --fsdp=F --json=...")
   rows, meta = [], None
-  for path in sorted(paths, key=lambda p: int(re.search(r"fsdp(\d+)_", p).group(1))):
+  for fsdp, path in sorted((int(re.search(r"fsdp(\d+)_", p).group(1)), p) for p in paths):
     with open(path) as f:
       raw = json.load(f)
     (train,) = [s for s in raw["steps"] if s["step"] == "train"]
     meta = meta or raw
-    rows.append([int(re.search(r"fsdp(\d+)_", path).group(1)), train["argument_bytes"] / GIB,
-                 train["temp_bytes"] / GIB, train["peak_bytes"] / GIB,
-                 train["est_step_s"] * 1e3, collectives_cell(train["collectives"])])
+    rows.append([fsdp, train["argument_bytes"] / GIB, train["temp_bytes"] / GIB,
+                 train["peak_bytes"] / GIB, train["est_step_s"] * 1e3,
+                 format_collectives(train["collectives"], "{:,.0f}")])
   hbm = f"{meta['steps'][0]['hbm_capacity_bytes'] / GIB:.0f}"
   return {
       "command": f"python scripts/preflight.py --config=configs/lm1b.py:mla,synthetic "
