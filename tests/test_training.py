@@ -267,6 +267,15 @@ def test_no_readable_checkpoint_stops_without_moving_anything(trained_lm, tmp_pa
   assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
 
 
+def test_the_published_decode_drift_table_is_its_raw_file():
+  pub = os.path.join(ROOT, "docs", "results", "decode_drift")
+  with open(os.path.join(pub, "raw", "drift.json")) as f:
+    raw = json.load(f)
+  with open(os.path.join(pub, "drift.json")) as f:
+    published = json.load(f)
+  assert decode_drift.table(raw) == published
+
+
 def test_decode_drift_of_the_trained_mla(trained_lm):
   """scripts/decode_drift.py's measure: float32 decoding equals the float32 forward to rounding,
   bfloat16 within its own rounding, whichever MLA decode mode; the reference row is exact."""

@@ -82,3 +82,24 @@ def markdown(rows) -> str:
     lines.append(f"| {r['dtype']} | {r['mode']} | {r['max_abs_logit_diff_rel']:.2e} | "
                  f"{r['mean_kl_nats']:.2e} | {r['top1_agreement']:.2%} | {r['nll']:.4f} |")
   return "\n".join(lines)
+
+
+def table(raw: dict) -> dict:
+  """docs/results/decode_drift.md's table (a studies/pages.py table file) from the raw file:
+  {"command", "machine", "date", "wall_s", "rows"}, rows as `measure` returns them."""
+  def label(r):
+    if r["mode"] == "full forward":
+      return "full forward (reference)"
+    return r["mode"].replace("vs naive", f"vs {r['dtype']} naive")
+
+  return {
+      "command": raw["command"], "machine": raw["machine"], "date": raw["date"],
+      "provenance": f"the rows of docs/results/decode_drift/raw/drift.json (scripts/"
+                    f"decode_drift.py --output), by studies/decode_drift.py; wall time "
+                    f"{raw['wall_s']:.0f} s",
+      "columns": ["dtype", "decode", "max abs logit diff / max abs logit", "mean KL (nats)",
+                  "top-1 agreement", "NLL (nats)"],
+      "format": [None, None, "{:.1e}", "{:.1e}", "{:.2f}%", "{:.4f}"],
+      "cell_format": [[0, 2, "{}"], [0, 3, "{}"]],
+      "rows": [[r["dtype"], label(r), r["max_abs_logit_diff_rel"], r["mean_kl_nats"],
+                100 * r["top1_agreement"], r["nll"]] for r in raw["rows"]]}
